@@ -1,0 +1,585 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The copy-before-write engine of a fleece snapshot, run by the core's
+ * worker: it creates copy jobs for held origin writes, reads each chunk's
+ * old data into memory, writes it to a free exception slot, and releases the
+ * writes (and view reads) that waited for it.  It also performs releases
+ * and enforces the copy timeout.
+ *
+ * Only the worker mutates the exception map and allocates jobs and pages,
+ * so map() never sleeps and the map can grow without holding the spinlock.
+ * Copies in flight are bounded by snap->max_copies; writes beyond the bound
+ * stay on core->deferred_writes until a copy finishes.
+ */
+#include <linux/bitmap.h>
+#include <linux/blkdev.h>
+#include <linux/mm.h>
+#include <linux/slab.h>
+
+#include "fleece-core.h"
+
+/* Chunks released under one hold of the spinlock. */
+#define FLEECE_RELEASE_BATCH	4096U
+
+void fleece_submit_list(struct bio_list *issue, struct bio_list *fail)
+{
+	struct bio *bio;
+
+	while (issue && (bio = bio_list_pop(issue)))
+		submit_bio_noacct(bio);
+	while (fail && (bio = bio_list_pop(fail)))
+		bio_io_error(bio);
+}
+
+/*
+ * __fleece_invalidate() - break the snapshot (break_snapshot policy).
+ *
+ * Caller holds core->lock.  Every held origin write is moved to @issue and
+ * every held view read to @fail; the jobs in flight finish on their own and
+ * their results are dropped.
+ */
+void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
+			 struct bio_list *issue, struct bio_list *fail)
+{
+	struct fleece_snapshot *s = core->snap;
+	struct fleece_copy_job *job;
+	struct bio *bio;
+
+	if (core->state != FLEECE_ACTIVE)
+		return;
+	core->state = FLEECE_INVALID;
+	core->error = error;
+	list_for_each_entry(job, &s->jobs_by_age, age_entry) {
+		job->failed = true;
+		while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
+			bio_list_add(issue, bio);
+		bio_list_merge(fail, &job->waiting_reads);
+		bio_list_init(&job->waiting_reads);
+	}
+	while ((bio = __fleece_pop_write(core, &core->reader_blocked)))
+		bio_list_add(issue, bio);
+	DMERR_LIMIT("%u:%u: snapshot invalidated: %s", MAJOR(core->dev),
+		    MINOR(core->dev), fleece_error_name(error));
+	queue_work(core->wq, &core->event_work);
+}
+
+/*
+ * __fleece_fail_copy() - apply the copy-error policy to @job.
+ *
+ * Caller holds core->lock.  break_snapshot invalidates the snapshot and lets
+ * the writes go; break_write fails the writes waiting on @job (to @fail) and
+ * keeps the snapshot.  Later writes to the chunk fail while the job's I/O is
+ * still in flight and start a new copy once it has finished.
+ */
+void __fleece_fail_copy(struct fleece_core *core, struct fleece_copy_job *job,
+			enum fleece_error error, struct bio_list *issue,
+			struct bio_list *fail)
+{
+	struct bio *bio;
+
+	core->error = error;
+	if (job->snap->policy == FLEECE_BREAK_SNAPSHOT) {
+		__fleece_invalidate(core, error, issue, fail);
+		return;
+	}
+	job->failed = true;
+	while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
+		bio_list_add(fail, bio);
+	DMERR_LIMIT("%u:%u: copy of chunk %u failed (%s); the write fails",
+		    MAJOR(core->dev), MINOR(core->dev), job->chunk,
+		    fleece_error_name(error));
+	queue_work(core->wq, &core->event_work);
+}
+
+static u32 __alloc_slot(struct fleece_snapshot *s)
+{
+	unsigned long slot = find_next_zero_bit(s->slot_used, s->nr_slots,
+						s->slot_hint);
+
+	if (slot >= s->nr_slots)
+		return FLEECE_NO_SLOT;
+	__set_bit(slot, s->slot_used);
+	s->slots_used++;
+	s->slot_hint = slot + 1;
+	return slot;
+}
+
+/*
+ * Sends @bio the way its route says: to @issue, to @fail, or nowhere (held
+ * again).  A write that needs a new copy goes back to the deferred list.
+ */
+static void __sort_write(struct fleece_core *core, struct bio *bio,
+			 struct bio_list *issue, struct bio_list *fail)
+{
+	switch (__fleece_route_write(core, bio, fleece_origin_io(bio))) {
+	case FLEECE_ROUTE_ISSUE:
+		bio_list_add(issue, bio);
+		break;
+	case FLEECE_ROUTE_FAIL:
+		bio_list_add(fail, bio);
+		break;
+	case FLEECE_ROUTE_NEED_COPY:
+		__fleece_hold_write(core, &core->deferred_writes, bio);
+		break;
+	case FLEECE_ROUTE_HELD:
+		break;
+	}
+}
+
+static void __sort_read(struct fleece_core *core, struct bio *bio,
+			struct bio_list *issue, struct bio_list *fail)
+{
+	enum fleece_route route = FLEECE_ROUTE_FAIL;
+
+	if (core->snap)
+		route = __fleece_route_read(core, bio, fleece_view_io(bio), false);
+	if (route == FLEECE_ROUTE_ISSUE)
+		bio_list_add(issue, bio);
+	else if (route == FLEECE_ROUTE_FAIL)
+		bio_list_add(fail, bio);
+}
+
+/*
+ * Takes @job out of the snapshot (core->lock held) and routes what waited on
+ * it.  The caller frees the job after dropping the lock.
+ */
+static void __retire_job(struct fleece_core *core, struct fleece_copy_job *job,
+			 struct bio_list *issue, struct bio_list *fail)
+{
+	struct fleece_snapshot *s = job->snap;
+	struct bio_list reads = job->waiting_reads;
+	struct bio *bio;
+
+	fleece_range_remove(&job->range, &s->copies);
+	list_del(&job->age_entry);
+	if (job->slot != FLEECE_NO_SLOT)
+		__fleece_free_slot(s, job->slot);
+	s->copies_in_flight--;
+
+	while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
+		__sort_write(core, bio, issue, fail);
+	bio_list_init(&job->waiting_reads);
+	while ((bio = bio_list_pop(&reads)))
+		__sort_read(core, bio, issue, fail);
+}
+
+static void free_job_pages(struct fleece_copy_job *job)
+{
+	unsigned int i;
+
+	for (i = 0; i < job->nr_pages; i++)
+		mempool_free(job->pages[i], &job->snap->page_pool);
+	job->nr_pages = 0;
+}
+
+static void copy_endio(struct bio *bio)
+{
+	struct fleece_copy_job *job = bio->bi_private;
+	struct fleece_core *core = job->core;
+	unsigned long flags;
+
+	job->status = bio->bi_status;
+	if (job->writing) {
+		/* Give buffers back at once: the worker may be waiting for them. */
+		free_job_pages(job);
+		bio_put(bio);
+		job->bio = NULL;
+	}
+	spin_lock_irqsave(&core->lock, flags);
+	list_add_tail(&job->work_entry, &core->finished_jobs);
+	spin_unlock_irqrestore(&core->lock, flags);
+	fleece_kick(core);
+}
+
+/* Length in sectors of @job's chunk inside the image (the last may be short). */
+static unsigned int job_sectors(struct fleece_copy_job *job)
+{
+	struct fleece_snapshot *s = job->snap;
+	sector_t start = (sector_t)job->chunk << s->chunk_shift;
+
+	return min_t(sector_t, (sector_t)1 << s->chunk_shift, s->nr_sectors - start);
+}
+
+static void add_job_pages(struct fleece_copy_job *job, struct bio *bio)
+{
+	unsigned int bytes = job_sectors(job) << SECTOR_SHIFT;
+	unsigned int i, len;
+
+	for (i = 0; i < job->nr_pages; i++, bytes -= len) {
+		len = min_t(unsigned int, bytes, PAGE_SIZE);
+		__bio_add_page(bio, job->pages[i], len, 0);
+	}
+}
+
+/* Worker, no lock held: reads the chunk's old data into memory. */
+static void submit_copy_read(struct fleece_core *core,
+			     struct fleece_copy_job *job)
+{
+	struct fleece_snapshot *s = job->snap;
+	unsigned int i;
+	struct bio *bio;
+
+	job->nr_pages = DIV_ROUND_UP(job_sectors(job) << SECTOR_SHIFT, PAGE_SIZE);
+	for (i = 0; i < job->nr_pages; i++)
+		job->pages[i] = mempool_alloc(&s->page_pool, GFP_NOIO);
+
+	bio = bio_alloc_bioset(s->origin_bdev, job->nr_pages, REQ_OP_READ,
+			       GFP_NOIO, &core->bs);
+	bio->bi_iter.bi_sector = (sector_t)job->chunk << s->chunk_shift;
+	bio->bi_end_io = copy_endio;
+	bio->bi_private = job;
+	add_job_pages(job, bio);
+	job->bio = bio;
+	submit_bio_noacct(bio);
+}
+
+/* Worker, no lock held: writes the buffered data to the job's slot. */
+static void submit_copy_write(struct fleece_copy_job *job)
+{
+	struct fleece_snapshot *s = job->snap;
+	struct bio *bio = job->bio;
+
+	bio_reset(bio, s->exception_bdev, REQ_OP_WRITE);
+	bio->bi_iter.bi_sector = (sector_t)job->slot << s->chunk_shift;
+	bio->bi_end_io = copy_endio;
+	bio->bi_private = job;
+	add_job_pages(job, bio);
+	submit_bio_noacct(bio);
+}
+
+static void free_job(struct fleece_core *core, struct fleece_copy_job *job)
+{
+	struct fleece_snapshot *s = job->snap;
+
+	free_job_pages(job);
+	if (job->bio)
+		bio_put(job->bio);
+	mempool_free(job, &s->job_pool);
+	wake_up(&core->copies_done);
+}
+
+/* The origin read of @job finished. */
+static void finish_read(struct fleece_core *core, struct fleece_copy_job *job)
+{
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+	struct bio_list writes;
+	struct bio *bio;
+	bool write_it = false;
+
+	spin_lock_irq(&core->lock);
+	if (job->status && !job->failed && core->state == FLEECE_ACTIVE)
+		__fleece_fail_copy(core, job, FLEECE_ERR_ORIGIN_IO, &issue, &fail);
+
+	if (job->failed || job->chunk_released || core->state != FLEECE_ACTIVE) {
+		__retire_job(core, job, &issue, &fail);
+	} else {
+		write_it = true;
+		job->writing = true;
+		if (job->snap->policy == FLEECE_BREAK_SNAPSHOT) {
+			/* The old data is safe in memory: let the writes go. */
+			job->origin_released = true;
+			writes = job->waiting_writes;
+			bio_list_init(&job->waiting_writes);
+			while ((bio = bio_list_pop(&writes))) {
+				core->writes_waiting--;
+				__sort_write(core, bio, &issue, &fail);
+			}
+		}
+	}
+	spin_unlock_irq(&core->lock);
+
+	fleece_submit_list(&issue, &fail);
+	if (write_it)
+		submit_copy_write(job);
+	else
+		free_job(core, job);
+}
+
+/* The exception write of @job finished. */
+static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
+{
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+	struct fleece_snapshot *s = job->snap;
+	u32 *grown = NULL, *old = NULL;
+	int r = 0;
+
+	if (!job->status)
+		r = fleece_emap_reserve(&s->map, job->slot, &grown);
+
+	spin_lock_irq(&core->lock);
+	if (!job->failed && !job->chunk_released && core->state == FLEECE_ACTIVE) {
+		if (job->status || r) {
+			__fleece_fail_copy(core, job, job->status ?
+					   FLEECE_ERR_EXCEPTION_IO : FLEECE_ERR_NOMEM,
+					   &issue, &fail);
+		} else {
+			if (grown)
+				old = fleece_emap_swap(&s->map, grown);
+			grown = NULL;
+			fleece_emap_insert(&s->map, job->chunk, job->slot);
+			job->slot = FLEECE_NO_SLOT;
+			__clear_bit(job->chunk, s->needs_copy);
+			s->chunks_copied++;
+		}
+	}
+	if (grown)
+		old = fleece_emap_swap(&s->map, grown);
+	__retire_job(core, job, &issue, &fail);
+	spin_unlock_irq(&core->lock);
+
+	kvfree(old);
+	fleece_submit_list(&issue, &fail);
+	free_job(core, job);
+}
+
+static void process_finished_jobs(struct fleece_core *core)
+{
+	struct fleece_copy_job *job, *tmp;
+	LIST_HEAD(jobs);
+
+	spin_lock_irq(&core->lock);
+	list_splice_init(&core->finished_jobs, &jobs);
+	spin_unlock_irq(&core->lock);
+
+	list_for_each_entry_safe(job, tmp, &jobs, work_entry) {
+		list_del_init(&job->work_entry);
+		if (job->writing)
+			finish_write(core, job);
+		else
+			finish_read(core, job);
+	}
+}
+
+/* Releases chunks @first..@last, a batch per hold of the lock. */
+static void release_chunks(struct fleece_core *core, u32 first, u32 last)
+{
+	struct fleece_snapshot *s;
+	struct fleece_copy_job *job;
+	u32 chunk, stop, slot;
+
+	for (chunk = first; chunk <= last; cond_resched()) {
+		spin_lock_irq(&core->lock);
+		s = core->snap;
+		if (core->state != FLEECE_ACTIVE || chunk >= s->nr_chunks) {
+			spin_unlock_irq(&core->lock);
+			return;
+		}
+		stop = min3(last, s->nr_chunks - 1, chunk + FLEECE_RELEASE_BATCH - 1);
+		for (; chunk <= stop; chunk++) {
+			if (__test_and_set_bit(chunk, s->released))
+				continue;
+			s->chunks_released++;
+			if (__test_and_clear_bit(chunk, s->needs_copy)) {
+				job = __fleece_job_of(s, chunk);
+				if (job)
+					job->chunk_released = true;
+				continue;
+			}
+			slot = fleece_emap_remove(&s->map, chunk);
+			if (slot != FLEECE_NO_SLOT)
+				__fleece_free_slot(s, slot);
+		}
+		spin_unlock_irq(&core->lock);
+	}
+}
+
+static void process_releases(struct fleece_core *core)
+{
+	struct fleece_release_request *req, *tmp;
+	struct bio_list discards;
+	unsigned int shift = 0;
+	LIST_HEAD(requests);
+	struct bio *bio;
+	u64 first, end;
+
+	spin_lock_irq(&core->lock);
+	list_splice_init(&core->release_requests, &requests);
+	discards = core->view_discards;
+	bio_list_init(&core->view_discards);
+	if (core->snap)
+		shift = core->snap->chunk_shift;
+	spin_unlock_irq(&core->lock);
+
+	while ((bio = bio_list_pop(&discards))) {
+		/* Only chunks the discard covers whole are released. */
+		if (shift) {
+			first = (bio->bi_iter.bi_sector + (1ULL << shift) - 1) >> shift;
+			end = min_t(u64, bio_end_sector(bio) >> shift, U32_MAX);
+			if (first < end)
+				release_chunks(core, first, end - 1);
+		}
+		bio_endio(bio);
+	}
+	list_for_each_entry_safe(req, tmp, &requests, entry) {
+		release_chunks(core, req->first, req->last);
+		complete(&req->done);
+	}
+}
+
+/*
+ * Creates a copy job for @bio's chunk (core->lock held) from @job, or applies
+ * the policy when the exception store is full.  Returns how @bio goes on.
+ */
+static enum fleece_route __start_copy(struct fleece_core *core,
+				      struct fleece_copy_job *job,
+				      struct bio *bio, struct list_head *to_start,
+				      struct bio_list *issue, struct bio_list *fail)
+{
+	struct fleece_snapshot *s = core->snap;
+	u32 slot = __alloc_slot(s);
+
+	if (slot == FLEECE_NO_SLOT) {
+		core->error = FLEECE_ERR_FULL;
+		if (s->policy == FLEECE_BREAK_SNAPSHOT) {
+			__fleece_invalidate(core, FLEECE_ERR_FULL, issue, fail);
+			return FLEECE_ROUTE_ISSUE;
+		}
+		DMERR_LIMIT("%u:%u: exception store full; the write fails",
+			    MAJOR(core->dev), MINOR(core->dev));
+		return FLEECE_ROUTE_FAIL;
+	}
+
+	memset(job, 0, sizeof(*job));
+	job->core = core;
+	job->snap = s;
+	job->chunk = bio->bi_iter.bi_sector >> s->chunk_shift;
+	job->slot = slot;
+	job->started = jiffies;
+	job->range.start = job->chunk;
+	job->range.last = job->chunk;
+	bio_list_init(&job->waiting_writes);
+	bio_list_init(&job->waiting_reads);
+	fleece_range_insert(&job->range, &s->copies);
+	list_add_tail(&job->age_entry, &s->jobs_by_age);
+	list_add_tail(&job->work_entry, to_start);
+	s->copies_in_flight++;
+	__fleece_hold_write(core, &job->waiting_writes, bio);
+	return FLEECE_ROUTE_HELD;
+}
+
+/*
+ * Routes the writes that wait for the worker: writes deferred while a
+ * snapshot started, writes that need a new copy, and writes that waited
+ * for view reads.  Starts the copies they need, within snap->max_copies.
+ */
+static void process_writes(struct fleece_core *core)
+{
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+	struct fleece_copy_job *spare = NULL, *job, *tmp;
+	struct fleece_snapshot *spare_snap = NULL, *s;
+	struct bio_list pending = BIO_EMPTY_LIST;
+	struct fleece_origin_io *io;
+	enum fleece_route route;
+	LIST_HEAD(to_start);
+	struct bio *bio;
+
+	spin_lock_irq(&core->lock);
+	while ((bio = __fleece_pop_write(core, &core->reader_blocked)))
+		bio_list_add(&pending, bio);
+	while ((bio = __fleece_pop_write(core, &core->deferred_writes)))
+		bio_list_add(&pending, bio);
+
+	while ((bio = bio_list_pop(&pending))) {
+		io = fleece_origin_io(bio);
+		if (!io->holds_ref) {
+			if (!percpu_ref_tryget_live(&core->writes_ref)) {
+				/* Still starting: fleece_snapshot_start() kicks us. */
+				__fleece_hold_write(core, &core->deferred_writes, bio);
+				continue;
+			}
+			io->holds_ref = true;
+		}
+		route = __fleece_route_write(core, bio, io);
+		if (route == FLEECE_ROUTE_NEED_COPY) {
+			s = core->snap;
+			if (s->copies_in_flight >= s->max_copies) {
+				__fleece_hold_write(core, &core->deferred_writes, bio);
+				continue;
+			}
+			if (!spare || spare_snap != s) {
+				spin_unlock_irq(&core->lock);
+				if (spare)
+					mempool_free(spare, &spare_snap->job_pool);
+				spare = mempool_alloc(&s->job_pool, GFP_NOIO);
+				spare_snap = s;
+				spin_lock_irq(&core->lock);
+				bio_list_add_head(&pending, bio);
+				continue;
+			}
+			route = __start_copy(core, spare, bio, &to_start, &issue, &fail);
+			if (route == FLEECE_ROUTE_HELD)
+				spare = NULL;
+		}
+		if (route == FLEECE_ROUTE_ISSUE)
+			bio_list_add(&issue, bio);
+		else if (route == FLEECE_ROUTE_FAIL)
+			bio_list_add(&fail, bio);
+	}
+	s = core->snap;
+	if (s && s->timeout && !list_empty(&to_start))
+		queue_delayed_work(core->wq, &core->timeout_work, s->timeout);
+	spin_unlock_irq(&core->lock);
+
+	if (spare)
+		mempool_free(spare, &spare_snap->job_pool);
+	fleece_submit_list(&issue, &fail);
+	list_for_each_entry_safe(job, tmp, &to_start, work_entry) {
+		list_del_init(&job->work_entry);
+		submit_copy_read(core, job);
+	}
+}
+
+void fleece_worker(struct work_struct *work)
+{
+	struct fleece_core *core = container_of(work, struct fleece_core, worker);
+
+	process_finished_jobs(core);
+	process_releases(core);
+	process_writes(core);
+}
+
+/* Fails the copies that took longer than the cbw_timeout_ms feature allows. */
+void fleece_timeout_worker(struct work_struct *work)
+{
+	struct fleece_core *core = container_of(to_delayed_work(work),
+						struct fleece_core, timeout_work);
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+	struct fleece_copy_job *job;
+	struct fleece_snapshot *s;
+	unsigned long now = jiffies, next = 0;
+
+	spin_lock_irq(&core->lock);
+	s = core->snap;
+	if (!s || !s->timeout) {
+		spin_unlock_irq(&core->lock);
+		return;
+	}
+	list_for_each_entry(job, &s->jobs_by_age, age_entry) {
+		if (job->failed)
+			continue;
+		if (time_before(now, job->started + s->timeout)) {
+			next = job->started + s->timeout - now;
+			break;
+		}
+		if (core->state == FLEECE_ACTIVE)
+			__fleece_fail_copy(core, job, FLEECE_ERR_TIMEOUT, &issue, &fail);
+	}
+	if (next)
+		queue_delayed_work(core->wq, &core->timeout_work, next);
+	spin_unlock_irq(&core->lock);
+
+	fleece_submit_list(&issue, &fail);
+}
+
+/* Raises a dm event on the origin and the view, from process context. */
+void fleece_event_worker(struct work_struct *work)
+{
+	struct fleece_core *core = container_of(work, struct fleece_core, event_work);
+
+	mutex_lock(&fleece_registry_lock);
+	if (core->origin_ti)
+		dm_table_event(core->origin_ti->table);
+	if (core->view)
+		dm_table_event(core->view->ti->table);
+	mutex_unlock(&fleece_registry_lock);
+}

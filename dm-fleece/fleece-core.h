@@ -1,0 +1,343 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * dm-fleece internals shared by the origin target, the view target and the
+ * snapshot engine.
+ *
+ * One struct fleece_core exists per device-mapper device that carries a
+ * "fleece" origin target.  It outlives table reloads of that device: every
+ * origin target instance and the view hold a reference to it.  While a view
+ * is attached and resumed, the core holds a struct fleece_snapshot: the
+ * point-in-time image, its per-chunk bitmaps, its exception store and the
+ * copy-before-write machinery.
+ *
+ * Lock order (outer first):
+ *   fleece_registry_lock (mutex)  -> core->lock (spinlock, irq-safe)
+ * core->lock is innermost; nothing is called with it held that takes
+ * another lock, except mempool_free() and bio_list operations.
+ */
+#ifndef DM_FLEECE_CORE_H
+#define DM_FLEECE_CORE_H
+
+#include <linux/bio.h>
+#include <linux/device-mapper.h>
+#include <linux/interval_tree_generic.h>
+#include <linux/list.h>
+#include <linux/mempool.h>
+#include <linux/mutex.h>
+#include <linux/percpu-refcount.h>
+#include <linux/rbtree.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "fleece-compat.h"
+#include "fleece-exception-map.h"
+
+#define DM_MSG_PREFIX "fleece"
+
+#define FLEECE_MIN_CHUNK_SECTORS	8U	/* 4 KiB */
+#define FLEECE_MAX_CHUNK_SECTORS	2048U	/* 1 MiB */
+
+/**
+ * enum fleece_state - state of the snapshot of an origin
+ * @FLEECE_IDLE: no snapshot; the origin is a pass-through.
+ * @FLEECE_ACTIVE: the snapshot is valid; first writes to chunks are held
+ *	until the chunk's old data is safe.
+ * @FLEECE_INVALID: a copy failed under the break_snapshot policy; guest
+ *	writes pass through and every view read fails.
+ *
+ * Transitions: IDLE -> ACTIVE when the view resumes the first time,
+ * ACTIVE -> INVALID on a copy error, ACTIVE|INVALID -> IDLE when the view
+ * is destroyed.  Each one raises a dm event on the origin and the view.
+ */
+enum fleece_state {
+	FLEECE_IDLE,
+	FLEECE_ACTIVE,
+	FLEECE_INVALID,
+};
+
+/* Why the snapshot broke, or the last copy error: a status field. */
+enum fleece_error {
+	FLEECE_ERR_NONE,
+	FLEECE_ERR_FULL,
+	FLEECE_ERR_ORIGIN_IO,
+	FLEECE_ERR_EXCEPTION_IO,
+	FLEECE_ERR_TIMEOUT,
+	FLEECE_ERR_NOMEM,
+};
+
+/* What a failed copy breaks: the view (default) or the guest write. */
+enum fleece_cbw_policy {
+	FLEECE_BREAK_SNAPSHOT,
+	FLEECE_BREAK_WRITE,
+};
+
+/*
+ * A closed range of chunks, in an interval tree: the copies in flight (one
+ * chunk each) and the view reads that are reading chunks from the origin.
+ */
+struct fleece_range {
+	struct rb_node rb;
+	u32 start;
+	u32 last;
+	u32 __subtree_last;
+};
+
+/**
+ * DOC: life cycle of a chunk while a snapshot is active
+ *
+ * The state of a chunk is derived from two bits and the copy tree:
+ *
+ * UNTOUCHED: needs_copy set, no copy job.  The snapshot's data is only on
+ *	the origin.  View reads go to the origin and register as readers; the
+ *	first write creates a copy job (-> COPYING) and waits for it.
+ * COPYING: needs_copy set, a copy job exists and has not released the
+ *	origin.  Old data is being read (and, under break_write, written to
+ *	the exception store).  Writes wait on the job; view reads still read
+ *	the origin, which has not changed.
+ * BUFFERED (break_snapshot only): needs_copy set, the job holds the old data
+ *	in memory and has released the origin, so guest writes go ahead.  View
+ *	reads wait on the job until its exception write lands.
+ * COPIED: needs_copy clear, released clear, the exception map has the
+ *	chunk's slot.  Reads go to the exception device; writes pass through.
+ * RELEASED: released set (needs_copy clear).  The backup no longer needs
+ *	the chunk: it is never copied, its slot is free, view reads fail.
+ *
+ * A failed copy leaves the chunk UNTOUCHED (break_write) or invalidates the
+ * whole snapshot (break_snapshot).  Chunks past the end of the snapshot
+ * (the origin grew) have no state: writes pass through.
+ */
+struct fleece_snapshot {
+	/* Fixed when the snapshot starts. */
+	unsigned int chunk_shift;	/* log2 of the chunk size in sectors */
+	u32 nr_chunks;			/* chunks in the point-in-time image */
+	sector_t nr_sectors;		/* sectors in the point-in-time image */
+	u32 nr_slots;			/* chunks the exception device holds */
+	struct block_device *origin_bdev;
+	struct block_device *exception_bdev;
+	enum fleece_cbw_policy policy;
+	unsigned long timeout;		/* jiffies; 0 means no limit */
+	unsigned int max_copies;	/* copies in flight at most */
+	unsigned int chunk_pages;
+
+	/* The rest is protected by core->lock. */
+	unsigned long *needs_copy;	/* per chunk: data still only on origin */
+	unsigned long *released;	/* per chunk: released by the backup */
+	unsigned long *slot_used;	/* per exception slot */
+	u32 slots_used;
+	u32 slot_hint;			/* no free slot below this one */
+	/* Mutated only by the worker, which also grows it without the lock. */
+	struct fleece_exception_map map;
+	struct rb_root_cached copies;	/* struct fleece_copy_job.range */
+	struct rb_root_cached readers;	/* struct fleece_view_io.range */
+	struct list_head jobs_by_age;	/* oldest first, for the timeout */
+	unsigned int copies_in_flight;
+	u64 chunks_copied;
+	u64 chunks_released;
+	u64 writes_delayed;
+
+	mempool_t job_pool;
+	mempool_t page_pool;
+};
+
+/*
+ * One copy-before-write of one chunk: origin -> memory -> exception slot.
+ * Allocated by the worker from snap->job_pool; all fields but the pages
+ * and the bio are protected by core->lock.
+ */
+struct fleece_copy_job {
+	struct fleece_range range;	/* in snap->copies */
+	struct list_head age_entry;	/* in snap->jobs_by_age */
+	struct list_head work_entry;	/* in core->finished_jobs */
+	struct fleece_core *core;
+	struct fleece_snapshot *snap;
+	u32 chunk;
+	u32 slot;			/* FLEECE_NO_SLOT once the map owns it */
+	unsigned long started;		/* jiffies */
+	bool writing;			/* the exception write was submitted */
+	bool origin_released;		/* guest writes to the chunk may go */
+	bool chunk_released;		/* the backup released the chunk */
+	bool failed;			/* error or timeout; result discarded */
+	blk_status_t status;		/* of the last I/O */
+	struct bio_list waiting_writes;	/* origin writes held by the copy */
+	struct bio_list waiting_reads;	/* view reads held by a BUFFERED job */
+	struct bio *bio;
+	unsigned int nr_pages;
+	struct page *pages[];
+};
+
+/* Per-bio data of the origin target. */
+struct fleece_origin_io {
+	bool holds_ref;		/* holds core->writes_ref until end_io */
+	bool delayed;		/* counted in writes_delayed */
+};
+
+/* Per-bio data of the view target. */
+struct fleece_view_io {
+	struct fleece_range range;	/* in snap->readers while reading origin */
+	bool reading_origin;
+};
+
+struct fleece_view;
+
+struct fleece_core {
+	/* Protected by fleece_registry_lock. */
+	struct list_head registry_entry;
+	dev_t dev;			/* the dm device carrying the origin */
+	unsigned int refs;		/* origin instances + view */
+	struct dm_target *origin_ti;	/* the instance that resumed last */
+	struct fleece_view *view;
+	/* Configuration adopted from origin_ti (registry lock). */
+	struct block_device *origin_bdev;
+	sector_t origin_sectors;
+	sector_t chunk_sectors;
+
+	/*
+	 * Protects state, error, snap and everything in it marked so, and the
+	 * bio lists and job list below.  Taken from map(), end_io() and bio
+	 * completion, so always with interrupts disabled.
+	 */
+	spinlock_t lock;
+	enum fleece_state state;
+	enum fleece_error error;
+	struct fleece_snapshot *snap;
+	struct bio_list deferred_writes;	/* need the worker */
+	struct bio_list reader_blocked;		/* wait for view reads of origin */
+	struct bio_list view_discards;		/* releases from the view */
+	struct list_head release_requests;	/* releases from messages */
+	struct list_head finished_jobs;		/* copy I/O completed */
+	unsigned int writes_waiting;		/* origin writes on any list */
+
+	/*
+	 * Held by every origin write from map() to end_io().  Killed and
+	 * drained when a snapshot starts, so that no write is in flight at the
+	 * point in time.
+	 */
+	struct percpu_ref writes_ref;
+	wait_queue_head_t writes_drained;
+	wait_queue_head_t copies_done;		/* snapshot end waits for copies */
+
+	struct workqueue_struct *wq;
+	struct work_struct worker;
+	struct delayed_work timeout_work;
+	struct work_struct event_work;
+	struct bio_set bs;			/* copy bios */
+};
+
+struct fleece_view {
+	struct dm_target *ti;
+	struct fleece_core *core;
+	struct dm_dev *fleece_dev;
+	struct dm_dev *exception_dev;
+	enum fleece_cbw_policy policy;
+	unsigned int timeout_ms;
+	unsigned int max_copies;	/* 0: derived from the chunk size */
+};
+
+/* A release asked for by a message, done by the worker. */
+struct fleece_release_request {
+	struct list_head entry;
+	u32 first, last;
+	struct completion done;
+};
+
+#define FLEECE_RANGE_START(r) ((r)->start)
+#define FLEECE_RANGE_LAST(r) ((r)->last)
+INTERVAL_TREE_DEFINE(struct fleece_range, rb, u32, __subtree_last,
+		     FLEECE_RANGE_START, FLEECE_RANGE_LAST, static inline,
+		     fleece_range);
+
+/* The copy job of @chunk, if any.  Caller holds core->lock. */
+static inline struct fleece_copy_job *__fleece_job_of(struct fleece_snapshot *s,
+						      u32 chunk)
+{
+	struct fleece_range *r = fleece_range_iter_first(&s->copies, chunk, chunk);
+
+	return r ? container_of(r, struct fleece_copy_job, range) : NULL;
+}
+
+/* How a bio goes on, decided under core->lock. */
+enum fleece_route {
+	FLEECE_ROUTE_ISSUE,	/* remapped: submit it */
+	FLEECE_ROUTE_HELD,	/* on a wait list now: hands off */
+	FLEECE_ROUTE_NEED_COPY,	/* first write to an UNTOUCHED chunk */
+	FLEECE_ROUTE_FAIL,	/* complete it with an I/O error */
+};
+
+/* fleece-registry.c: finding cores, their lifetime and configuration. */
+extern struct mutex fleece_registry_lock;
+struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
+				    struct block_device *bdev,
+				    sector_t chunk_sectors, char **error);
+int fleece_core_adopt(struct fleece_core *core, struct dm_target *origin_ti,
+		      struct block_device *bdev, sector_t chunk_sectors);
+void fleece_core_put_origin(struct fleece_core *core,
+			    struct dm_target *origin_ti);
+struct fleece_core *fleece_core_attach_view(struct fleece_view *view,
+					    dev_t dev, char **error);
+void fleece_core_detach_view(struct fleece_core *core);
+
+/* fleece-snapshot.c: start, end, routing of bios, status. */
+int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view);
+void fleece_snapshot_end(struct fleece_core *core);
+int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
+			    struct fleece_origin_io *io);
+int fleece_view_map_read(struct fleece_core *core, struct bio *bio,
+			 struct fleece_view_io *io);
+void fleece_view_end_read(struct fleece_core *core, struct fleece_view_io *io,
+			  blk_status_t *error);
+enum fleece_route __fleece_route_write(struct fleece_core *core,
+				       struct bio *bio,
+				       struct fleece_origin_io *io);
+enum fleece_route __fleece_route_read(struct fleece_core *core, struct bio *bio,
+				      struct fleece_view_io *io, bool in_map);
+void __fleece_hold_write(struct fleece_core *core, struct bio_list *list,
+			 struct bio *bio);
+struct bio *__fleece_pop_write(struct fleece_core *core, struct bio_list *list);
+void __fleece_free_slot(struct fleece_snapshot *s, u32 slot);
+void fleece_view_queue_discard(struct fleece_core *core, struct bio *bio);
+int fleece_release(struct fleece_core *core, u32 first, u32 last);
+void fleece_kick(struct fleece_core *core);
+
+struct fleece_status {
+	enum fleece_state state;
+	enum fleece_error error;
+	u32 nr_chunks;
+	u64 chunks_copied, chunks_released, writes_delayed;
+	u32 slots_used, nr_slots;
+	unsigned int copies_in_flight, writes_waiting;
+	size_t map_bytes;
+};
+void fleece_get_status(struct fleece_core *core, struct fleece_status *st);
+const char *fleece_state_name(enum fleece_state state);
+const char *fleece_error_name(enum fleece_error error);
+unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors,
+				status_type_t type, char *result,
+				unsigned int maxlen);
+
+/* fleece-copy.c: the copy engine, run by the worker. */
+void fleece_worker(struct work_struct *work);
+void fleece_timeout_worker(struct work_struct *work);
+void fleece_event_worker(struct work_struct *work);
+void __fleece_fail_copy(struct fleece_core *core, struct fleece_copy_job *job,
+			enum fleece_error error, struct bio_list *issue,
+			struct bio_list *fail);
+void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
+			 struct bio_list *issue, struct bio_list *fail);
+void fleece_submit_list(struct bio_list *issue, struct bio_list *fail);
+
+static inline struct fleece_origin_io *fleece_origin_io(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct fleece_origin_io));
+}
+
+static inline struct fleece_view_io *fleece_view_io(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct fleece_view_io));
+}
+
+/* fleece-origin.c and fleece-view.c */
+extern struct target_type fleece_origin_target;
+extern struct target_type fleece_view_target;
+
+#endif /* DM_FLEECE_CORE_H */

@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The "fleece" origin target: sits on the live device's I/O path.  With no
+ * snapshot it remaps every bio to the origin device and does nothing else
+ * but hold a per-cpu reference for each write.  With a snapshot active it
+ * holds back the first write to each chunk until the chunk's old data is
+ * safe (see fleece-snapshot.c).
+ */
+#include <linux/module.h>
+
+#include "fleece-core.h"
+
+struct fleece_origin {
+	struct fleece_core *core;
+	struct dm_dev *dev;
+	sector_t chunk_sectors;
+};
+
+static int parse_chunk_size(struct dm_arg_set *as, sector_t *chunk_sectors,
+			    char **error)
+{
+	unsigned int v;
+
+	if (kstrtouint(dm_shift_arg(as), 10, &v) || !is_power_of_2(v) ||
+	    v < FLEECE_MIN_CHUNK_SECTORS || v > FLEECE_MAX_CHUNK_SECTORS) {
+		*error = "Invalid chunk size: it must be a power of two from 8 to 2048 sectors.";
+		return -EINVAL;
+	}
+	*chunk_sectors = v;
+	return 0;
+}
+
+/*
+ * No feature is defined yet; the group is there so that later ones (a
+ * metadata device for change tracking) keep the grammar.
+ */
+static int parse_features(struct dm_arg_set *as, char **error)
+{
+	static const struct dm_arg group = {
+		0, 0, "The fleece target takes no feature arguments yet."
+	};
+	unsigned int argc;
+
+	if (!as->argc)
+		return 0;
+	return dm_read_arg_group(&group, as, &argc, error);
+}
+
+/*
+ * Construct a fleece origin:
+ *
+ *   fleece <origin dev> <chunk size> [<#feature args> [<feature arg>]*]
+ *
+ * <chunk size> is in 512-byte sectors, a power of two from 8 to 2048.  The
+ * target must start at sector 0 and be the only one of its device.
+ */
+static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **argv)
+{
+	struct dm_arg_set as = { .argc = argc, .argv = argv };
+	struct fleece_origin *fo;
+	const char *path;
+	int r;
+
+	if (argc < 2) {
+		ti->error = "Not enough arguments: expected <origin dev> <chunk size> [<#feature args> <feature arg>*].";
+		return -EINVAL;
+	}
+	if (ti->begin) {
+		ti->error = "The fleece target must start at sector 0 of its device.";
+		return -EINVAL;
+	}
+	fo = kzalloc(sizeof(*fo), GFP_KERNEL);
+	if (!fo) {
+		ti->error = "Cannot allocate the fleece target.";
+		return -ENOMEM;
+	}
+
+	path = dm_shift_arg(&as);
+	r = parse_chunk_size(&as, &fo->chunk_sectors, &ti->error);
+	if (r)
+		goto bad;
+	r = parse_features(&as, &ti->error);
+	if (r)
+		goto bad;
+	if (as.argc) {
+		ti->error = "Too many arguments.";
+		r = -EINVAL;
+		goto bad;
+	}
+	if (DIV_ROUND_UP_SECTOR_T(ti->len, fo->chunk_sectors) > FLEECE_NO_SLOT - 1) {
+		ti->error = "The origin has too many chunks for this chunk size; use a larger one.";
+		r = -EINVAL;
+		goto bad;
+	}
+
+	r = dm_get_device(ti, path, dm_table_get_mode(ti->table), &fo->dev);
+	if (r) {
+		ti->error = "Cannot open the origin device.";
+		goto bad;
+	}
+	if (ti->len > bdev_nr_sectors(fo->dev->bdev)) {
+		ti->error = "The origin device is smaller than the target.";
+		r = -EINVAL;
+		goto bad_dev;
+	}
+	fo->core = fleece_core_get(ti, fo->dev->bdev, fo->chunk_sectors, &ti->error);
+	if (IS_ERR(fo->core)) {
+		r = PTR_ERR(fo->core);
+		goto bad_dev;
+	}
+
+	ti->num_flush_bios = 1;
+	ti->num_discard_bios = 1;
+	ti->num_secure_erase_bios = 1;
+	ti->num_write_zeroes_bios = 1;
+	ti->per_io_data_size = sizeof(struct fleece_origin_io);
+	ti->private = fo;
+	return 0;
+
+bad_dev:
+	dm_put_device(ti, fo->dev);
+bad:
+	kfree(fo);
+	return r;
+}
+
+static void fleece_origin_dtr(struct dm_target *ti)
+{
+	struct fleece_origin *fo = ti->private;
+
+	fleece_core_put_origin(fo->core, ti);
+	dm_put_device(ti, fo->dev);
+	kfree(fo);
+}
+
+static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
+{
+	struct fleece_origin *fo = ti->private;
+
+	bio_set_dev(bio, fo->dev->bdev);
+	return fleece_origin_map_write(fo->core, bio, fleece_origin_io(bio));
+}
+
+static int fleece_origin_end_io(struct dm_target *ti, struct bio *bio,
+				blk_status_t *error)
+{
+	struct fleece_origin *fo = ti->private;
+
+	if (fleece_origin_io(bio)->holds_ref)
+		percpu_ref_put(&fo->core->writes_ref);
+	return DM_ENDIO_DONE;
+}
+
+static int fleece_origin_preresume(struct dm_target *ti)
+{
+	struct fleece_origin *fo = ti->private;
+
+	return fleece_core_adopt(fo->core, ti, fo->dev->bdev, fo->chunk_sectors);
+}
+
+/*
+ * Status INFO: see fleece_emit_status().  TABLE reproduces the table line.
+ */
+static void fleece_origin_status(struct dm_target *ti, status_type_t type,
+				 unsigned int status_flags, char *result,
+				 unsigned int maxlen)
+{
+	struct fleece_origin *fo = ti->private;
+	unsigned int sz = 0;
+
+	switch (type) {
+	case STATUSTYPE_INFO:
+		fleece_emit_status(fo->core, fo->chunk_sectors, type, result, maxlen);
+		break;
+	case STATUSTYPE_TABLE:
+		DMEMIT("%s %llu", fo->dev->name, (unsigned long long)fo->chunk_sectors);
+		break;
+	case STATUSTYPE_IMA:
+		DMEMIT_TARGET_NAME_VERSION(ti->type);
+		DMEMIT(",origin_name=%s", fo->dev->name);
+		if (sz < maxlen)
+			fleece_emit_status(fo->core, fo->chunk_sectors, type,
+					   result + sz, maxlen - sz);
+		break;
+	}
+}
+
+static int fleece_origin_iterate_devices(struct dm_target *ti,
+					 iterate_devices_callout_fn fn, void *data)
+{
+	struct fleece_origin *fo = ti->private;
+
+	return fn(ti, fo->dev, 0, ti->len, data);
+}
+
+struct target_type fleece_origin_target = {
+	.name = "fleece",
+	.version = {1, 0, 0},
+	.module = THIS_MODULE,
+	.ctr = fleece_origin_ctr,
+	.dtr = fleece_origin_dtr,
+	.map = fleece_origin_map,
+	.end_io = fleece_origin_end_io,
+	.preresume = fleece_origin_preresume,
+	.status = fleece_origin_status,
+	.iterate_devices = fleece_origin_iterate_devices,
+};
