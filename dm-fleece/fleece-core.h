@@ -308,6 +308,7 @@ struct fleece_status {
 	unsigned int copies_in_flight, writes_waiting;
 	size_t map_bytes;
 };
+
 void fleece_get_status(struct fleece_core *core, struct fleece_status *st);
 const char *fleece_state_name(enum fleece_state state);
 const char *fleece_error_name(enum fleece_error error);

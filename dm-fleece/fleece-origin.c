@@ -62,7 +62,7 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 	int r;
 
 	if (argc < 2) {
-		ti->error = "Not enough arguments: expected <origin dev> <chunk size> [<#feature args> <feature arg>*].";
+		ti->error = "Not enough arguments: expected <origin dev> <chunk size>.";
 		return -EINVAL;
 	}
 	if (ti->begin) {

@@ -111,12 +111,20 @@ struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
 	core = __core_find(dev);
 	if (core) {
 		if (__config_conflicts(core, origin_ti, bdev, chunk_sectors)) {
-			*error = "A view is attached: the origin device, chunk size and length cannot change until it is removed.";
+			*error = "A view is attached: the origin, chunk size and size must stay.";
 			core = ERR_PTR(-EBUSY);
 			goto out;
 		}
 		core->refs++;
 		goto out;
+	}
+	list_for_each_entry(core, &fleece_cores, registry_entry) {
+		if (core->origin_bdev == bdev) {
+			/* Writes through one would bypass the other's snapshot. */
+			*error = "The origin device is already under another fleece device.";
+			core = ERR_PTR(-EBUSY);
+			goto out;
+		}
 	}
 	core = core_alloc(dev);
 	if (!core) {
@@ -148,7 +156,7 @@ int fleece_core_adopt(struct fleece_core *core, struct dm_target *origin_ti,
 
 	mutex_lock(&fleece_registry_lock);
 	if (__config_conflicts(core, origin_ti, bdev, chunk_sectors)) {
-		DMERR("%u:%u: cannot resume: a view is attached and the new table changes the origin device, chunk size or length",
+		DMERR("%u:%u: cannot resume: the new table changes what the view relies on",
 		      MAJOR(core->dev), MINOR(core->dev));
 		r = -EBUSY;
 	} else {

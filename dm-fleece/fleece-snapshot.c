@@ -559,11 +559,13 @@ unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors
 		       st.writes_waiting, st.writes_delayed,
 		       fleece_error_name(st.error));
 	} else if (type == STATUSTYPE_IMA) {
-		DMEMIT(",state=%s,chunk_size=%llu,snapshot_chunks=%u,chunks_copied=%llu,chunks_released=%llu,slots_used=%u,slots_total=%u,error=%s;",
+		DMEMIT(",state=%s,chunk_size=%llu,snapshot_chunks=%u",
 		       fleece_state_name(st.state),
-		       (unsigned long long)chunk_sectors, st.nr_chunks,
-		       st.chunks_copied, st.chunks_released, st.slots_used,
-		       st.nr_slots, fleece_error_name(st.error));
+		       (unsigned long long)chunk_sectors, st.nr_chunks);
+		DMEMIT(",chunks_copied=%llu,chunks_released=%llu",
+		       st.chunks_copied, st.chunks_released);
+		DMEMIT(",slots_used=%u,slots_total=%u,error=%s;",
+		       st.slots_used, st.nr_slots, fleece_error_name(st.error));
 	}
 	return sz;
 }

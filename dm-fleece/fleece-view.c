@@ -54,7 +54,7 @@ static int parse_feature(struct dm_arg_set *as, struct fleece_view *view,
 static int parse_features(struct dm_arg_set *as, struct fleece_view *view,
 			  char **error)
 {
-	static const struct dm_arg group = {
+	static const struct dm_arg count = {
 		0, 6, "Invalid number of feature arguments: expected 0 to 6."
 	};
 	struct dm_arg_set features;
@@ -63,9 +63,13 @@ static int parse_features(struct dm_arg_set *as, struct fleece_view *view,
 
 	if (!as->argc)
 		return 0;
-	r = dm_read_arg_group(&group, as, &argc, error);
+	r = dm_read_arg(&count, as, &argc, error);
 	if (r)
 		return r;
+	if (argc > as->argc) {
+		*error = "There are fewer feature arguments than their count says.";
+		return -EINVAL;
+	}
 	features.argc = argc;
 	features.argv = as->argv;
 	as->argc -= argc;
@@ -95,7 +99,7 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	int r;
 
 	if (argc < 2) {
-		ti->error = "Not enough arguments: expected <fleece dev> <exception dev> [<#feature args> <feature arg>*].";
+		ti->error = "Not enough arguments: expected <fleece dev> <exception dev>.";
 		return -EINVAL;
 	}
 	view = kzalloc(sizeof(*view), GFP_KERNEL);
@@ -260,12 +264,12 @@ static int fleece_view_message(struct dm_target *ti, unsigned int argc,
 	unsigned long long start, len, first, end;
 
 	if (argc != 3 || strcasecmp(argv[0], "release")) {
-		DMERR("Invalid message: expected \"release <start sector> <nr sectors>\".");
+		DMERR("Invalid message: expected release <start sector> <nr sectors>.");
 		return -EINVAL;
 	}
 	if (kstrtoull(argv[1], 10, &start) || kstrtoull(argv[2], 10, &len) ||
 	    !len || start >= ti->len || len > ti->len - start) {
-		DMERR("Invalid release range: it must be a non-empty range of sectors inside the view.");
+		DMERR("Invalid release range: it must be non-empty and inside the view.");
 		return -EINVAL;
 	}
 	first = DIV_ROUND_UP_ULL(start, chunk_sectors);

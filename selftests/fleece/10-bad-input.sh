@@ -1,0 +1,197 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-only
+#
+# Bad table lines and messages are rejected with a whole-sentence error and
+# change nothing: hand-written cases for every argument, then a few hundred
+# generated ones (mutations of valid lines and random tokens) against both
+# targets, then bad messages.  The running snapshot must survive all of it.
+# TIMEOUT: 300
+. "$(dirname "$0")/../lib/ktap.sh"
+. "$(dirname "$0")/../lib/fleece-target.sh"
+
+fleece_require_root
+fleece_require dmsetup losetup python3
+fleece_load || ktap_bail "cannot load dm-fleece"
+
+tmp=$(fleece_tmpdir)
+o=$(fleece_loopdev 16M "$tmp/o.img")
+e=$(fleece_loopdev 16M "$tmp/e.img")
+tiny=$(fleece_loopdev 32K "$tmp/tiny.img")
+fleece_fill "$o" 3
+origin=$(fleece_origin bad-o "$o" 128)
+fleece_snapshot_ref "$origin" "$tmp/ref"
+sectors=$(blockdev --getsz "$o")
+
+# The kernel log since the last klog_mark (the harness reads the whole log
+# after the test, so it must not be cleared).
+klog_mark() { mark=$(dmesg | wc -l); }
+klog_new() { dmesg | tail -n +$((mark + 1)); }
+
+# expect_reject DESC TABLE: dmsetup create must fail and the kernel must log
+# a whole sentence (capital first, full stop last) as the reason.
+rejected=0 accepted=0 unclear=0
+expect_reject() {
+	local table=$1 log
+	klog_mark
+	if dmsetup create bad-x --table "$table" >/dev/null 2>&1; then
+		accepted=$((accepted + 1))
+		ktap_diag "accepted: '$table'"
+		dmsetup remove bad-x >/dev/null 2>&1
+		return 1
+	fi
+	rejected=$((rejected + 1))
+	dmsetup remove bad-x >/dev/null 2>&1
+	log=$(klog_new | grep -E 'fleece(-view)?: ' | grep -v 'error adding target' | tail -n1)
+	# device-mapper: table: 254:3: fleece: Invalid chunk size: ... (-EINVAL)
+	if ! [[ $log =~ fleece(-view)?:\ [A-Z][^:]*.*\.\ \(-E[A-Z]+\)$ ]]; then
+		unclear=$((unclear + 1))
+		ktap_diag "unclear reason for '$table': '$log'"
+		return 1
+	fi
+	return 0
+}
+
+# Hand-written origin cases.
+n0=$rejected
+for t in \
+	"0 $sectors fleece" \
+	"0 $sectors fleece $o" \
+	"0 $sectors fleece $o 0" \
+	"0 $sectors fleece $o 7" \
+	"0 $sectors fleece $o 12" \
+	"0 $sectors fleece $o 4096" \
+	"0 $sectors fleece $o -128" \
+	"0 $sectors fleece $o 128k" \
+	"0 $sectors fleece $o 0x80" \
+	"0 $sectors fleece $o 99999999999999999999" \
+	"0 $sectors fleece /dev/nonexistent 128" \
+	"0 $sectors fleece $tmp/o.img 128" \
+	"0 $((sectors * 2)) fleece $o 128" \
+	"0 $sectors fleece $o 128 1" \
+	"0 $sectors fleece $o 128 1 metadata" \
+	"0 $sectors fleece $o 128 x" \
+	"0 $sectors fleece $o 128 0 extra" \
+	"0 8 linear $o 0
+8 $((sectors - 8)) fleece $o 128"; do
+	expect_reject "$t"
+done
+[ "$rejected" -eq $((n0 + 18)) ] && [ "$unclear" -eq 0 ]
+ktap_result "bad origin tables are rejected with a sentence ($((rejected - n0)) cases)" $?
+
+# Hand-written view cases (bad-o is a live fleece origin).
+n0=$rejected
+for t in \
+	"0 $sectors fleece-view" \
+	"0 $sectors fleece-view $origin" \
+	"0 $sectors fleece-view $o $e" \
+	"0 $sectors fleece-view /dev/nonexistent $e" \
+	"0 $sectors fleece-view $origin /dev/nonexistent" \
+	"0 $sectors fleece-view $origin $o" \
+	"0 $sectors fleece-view $origin $origin" \
+	"0 $sectors fleece-view $origin $tiny 0" \
+	"0 $((sectors * 2)) fleece-view $origin $e" \
+	"0 $sectors fleece-view $origin $e 1" \
+	"0 $sectors fleece-view $origin $e 1 cbw_error" \
+	"0 $sectors fleece-view $origin $e 2 cbw_error sometimes" \
+	"0 $sectors fleece-view $origin $e 2 cbw_timeout_ms -5" \
+	"0 $sectors fleece-view $origin $e 2 cbw_timeout_ms 99999999" \
+	"0 $sectors fleece-view $origin $e 2 max_copies 0" \
+	"0 $sectors fleece-view $origin $e 2 max_copies 5000" \
+	"0 $sectors fleece-view $origin $e 2 bogus 1" \
+	"0 $sectors fleece-view $origin $e 7 a b c d e f g" \
+	"0 $sectors fleece-view $origin $e 2 cbw_error break_write extra"; do
+	expect_reject "$t"
+done
+[ "$rejected" -eq $((n0 + 19)) ] && [ "$unclear" -eq 0 ]
+ktap_result "bad view tables are rejected with a sentence ($((rejected - n0)) cases)" $?
+
+# A working view, then a second one on the same origin.
+view=$(fleece_view bad-v bad-o "$e" 2 cbw_error break_write)
+ktap_result "a valid view is accepted" $?
+n0=$rejected
+expect_reject "0 $sectors fleece-view $origin $tiny"
+ktap_result "a second view of the same origin is refused" $?
+klog_new | grep -q "already has a view" || ktap_diag "no 'already has a view' reason logged"
+expect_reject "0 $sectors fleece $o 256"
+[ $((rejected - n0)) -eq 2 ]
+ktap_result "a second fleece device on the same origin device is refused" $?
+
+# Reloading the origin with another chunk size is refused while the view lives.
+dmsetup reload bad-o --table "0 $sectors fleece $o 256" >/dev/null 2>&1
+ktap_result "reloading the origin with another chunk size is refused while a view is attached" $((! $?))
+dmsetup clear bad-o >/dev/null 2>&1
+
+# Generated cases: mutate valid lines token by token, plus random tokens.
+python3 - "$o" "$e" "$origin" "$sectors" >"$tmp/fuzz" <<'PY'
+import random, sys
+o, e, origin, n = sys.argv[1:5]
+rnd = random.Random(20261122)
+junk = ["", "0", "-1", "1", "7", "8", "9", "128", "2048", "4096", "4294967296",
+        "18446744073709551616", "abc", "0x10", "1e3", "%s", "\\", "'", "break_write",
+        "cbw_error", "cbw_timeout_ms", "max_copies", "/dev/null", "/dev/zero", o, e,
+        origin, "/dev/mapper/nonexistent", "99:99", "7:0", "-", "  ", "+1"]
+valid = [f"fleece {o} 128", f"fleece-view {origin} {e}",
+         f"fleece-view {origin} {e} 2 cbw_error break_snapshot",
+         f"fleece-view {origin} {e} 4 cbw_timeout_ms 100 max_copies 4"]
+out = set()
+while len(out) < 300:
+    toks = rnd.choice(valid).split()
+    op = rnd.randrange(4)
+    i = rnd.randrange(1, len(toks)) if len(toks) > 1 else 0
+    if op == 0:
+        toks[i] = rnd.choice(junk)
+    elif op == 1:
+        del toks[i]
+    elif op == 2:
+        toks.insert(i, rnd.choice(junk))
+    else:
+        toks = toks[:1] + [rnd.choice(junk) for _ in range(rnd.randrange(0, 8))]
+    line = " ".join(t for t in toks if t.strip())
+    if line.split() in [v.split() for v in valid]:
+        continue
+    out.add(line)
+for l in sorted(out):
+    print(l)
+PY
+n0=$rejected a0=$accepted crashed=0
+while IFS= read -r line; do
+	klog_mark
+	if dmsetup create bad-x --table "0 $sectors $line" >/dev/null 2>&1; then
+		# Some mutations are still valid lines (e.g. another number that is
+		# a valid chunk size); they must work and go away cleanly.
+		accepted=$((accepted + 1))
+		dmsetup remove bad-x >/dev/null 2>&1 || crashed=$((crashed + 1))
+		continue
+	fi
+	rejected=$((rejected + 1))
+	dmsetup remove bad-x >/dev/null 2>&1
+	if klog_new | grep -q 'fleece' && ! klog_new | grep -E 'fleece(-view)?: ' |
+		grep -v 'error adding target' | grep -qE '\.( \(-E[A-Z]+\))?$'; then
+		unclear=$((unclear + 1))
+		ktap_diag "unclear reason for '$line': $(klog_new | grep fleece | tail -n1)"
+	fi
+done <"$tmp/fuzz"
+ktap_diag "generated: $((rejected - n0)) rejected, $((accepted - a0)) valid"
+[ "$crashed" -eq 0 ] && [ "$unclear" -eq 0 ] && [ $((rejected - n0)) -ge 200 ]
+ktap_result "300 generated table lines: every rejection gives a sentence" $?
+
+# Messages.
+bad_msgs=0
+for m in "" "release" "release 0" "release 0 0" "release x 8" "release 8 y" \
+	"release -8 8" "release $sectors 8" "release 0 $((sectors + 1))" \
+	"release 18446744073709551615 2" "release 0 8 8" "frobnicate" "RELEASE" \
+	"release 0x10 8"; do
+	if dmsetup message bad-v 0 $m >/dev/null 2>&1; then
+		bad_msgs=$((bad_msgs + 1))
+		ktap_diag "accepted message: '$m'"
+	fi
+done
+ktap_result "bad messages to the view are rejected" $bad_msgs
+dmsetup message bad-o 0 release 0 8 >/dev/null 2>&1
+ktap_result "the origin takes no messages" $((! $?))
+
+fleece_expect_field bad-v state active "the snapshot survived the bad input"
+ktap_check "the view still equals the snapshot" cmp "$view" "$tmp/ref"
+ktap_check "a valid release message is accepted" dmsetup message bad-v 0 release 0 256
+fleece_expect_field bad-v released 1 "the release is counted (one whole 64 KiB chunk)"
+ktap_finish

@@ -1,0 +1,148 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-only
+#
+# Each copy failure follows the cbw_error policy:
+#   break_snapshot: the guest write succeeds, the snapshot becomes invalid,
+#                   view reads fail, a dm event is raised;
+#   break_write:    the guest write fails, the origin keeps its old data,
+#                   the snapshot stays valid.
+# Failures: exception device full, write error on the exception device,
+# read error on the origin during the copy, copy timeout.
+# TIMEOUT: 400
+. "$(dirname "$0")/../lib/ktap.sh"
+. "$(dirname "$0")/../lib/fleece-target.sh"
+
+fleece_require_root
+fleece_require dmsetup losetup openssl
+fleece_load || ktap_bail "cannot load dm-fleece"
+fleece_modprobe dm-delay
+fleece_modprobe dm-flakey
+
+CS=8	# 4 KiB chunks
+tmp=$(fleece_tmpdir)
+o=$(fleece_loopdev 8M "$tmp/o.img")
+e=$(fleece_loopdev 8M "$tmp/e.img")
+osz=$(blockdev --getsz "$o")
+fleece_fill "$o" 40
+dd if="$o" of="$tmp/ref" bs=1M iflag=direct status=none
+
+# scenario NAME POLICY EXC_TABLE [ORIGIN_TABLE] [FEATURES]: sets up an origin
+# (optionally over a faulty device) and a view over a faulty exception
+# device, then writes chunk 10, 11 and 12 of the origin.
+scenario() {
+	local name=$1 policy=$2 exc_table=$3 origin_table=${4:-} features=${5:-} dev
+	dev=$o
+	[ -n "$origin_table" ] && dev=$(fleece_dm_create "$name-od" "$origin_table")
+	exc=$(fleece_dm_create "$name-e" "$exc_table")
+	origin=$(fleece_origin "$name-o" "$dev" $CS)
+	local n=2
+	[ -n "$features" ] && n=4
+	view=$(fleece_view "$name-v" "$name-o" "$exc" $n cbw_error "$policy" $features)
+	events0=$(fleece_events "$name-v")
+	write_rc=0
+	for c in 10 11 12; do
+		fleece_write "$origin" $((c * 4096)) 4096 "$name$c" || write_rc=1
+	done
+}
+
+# expect_broken NAME ERROR DESC: break_snapshot outcome.
+expect_broken() {
+	local name=$1 err=$2 what=$3
+	ktap_result "$what, break_snapshot: the guest writes succeed" $write_rc
+	fleece_wait_field "$name-v" state invalid 5
+	fleece_expect_field "$name-v" state invalid "$what, break_snapshot: the snapshot is invalid"
+	fleece_expect_field "$name-v" error "$err" "$what, break_snapshot: the status says why ($err)"
+	! dd if="$view" of=/dev/null bs=4096 count=1 skip=100 iflag=direct status=none 2>/dev/null
+	ktap_result "$what, break_snapshot: view reads fail" $?
+	[ "$(fleece_events "$name-v")" -gt "$events0" ]
+	ktap_result "$what, break_snapshot: a dm event was raised" $?
+	fleece_write "$origin" $((20 * 4096)) 4096 after
+	ktap_result "$what, break_snapshot: later writes pass through" $?
+}
+
+# expect_write_failed NAME ERROR DESC: break_write outcome.
+expect_write_failed() {
+	local name=$1 err=$2 what=$3
+	[ "$write_rc" -ne 0 ]
+	ktap_result "$what, break_write: the guest write fails" $?
+	fleece_expect_field "$name-v" state active "$what, break_write: the snapshot stays valid"
+	fleece_expect_field "$name-v" error "$err" "$what, break_write: the status gives the error ($err)"
+	ktap_check "$what, break_write: the view still equals the snapshot" \
+		cmp "$view" "$tmp/ref"
+}
+
+cleanup_scenario() {
+	local name=$1
+	fleece_dm_remove "$name-v"
+	fleece_dm_remove "$name-o"
+	fleece_dm_remove "$name-e"
+	fleece_dm_remove "$name-od"
+	# Put the origin back as it was for the next scenario.
+	dd if="$tmp/ref" of="$o" bs=1M oflag=direct status=none
+}
+
+# 1. Exception device full: two chunks of room for three writes.
+scenario full-s break_snapshot "0 16 linear $e 0"
+expect_broken full-s full "exception store full"
+cleanup_scenario full-s
+
+scenario full-w break_write "0 16 linear $e 0"
+[ "$write_rc" -ne 0 ]
+ktap_result "exception store full, break_write: the third write fails" $?
+fleece_expect_field full-w-v state active "exception store full, break_write: the snapshot stays valid"
+fleece_expect_field full-w-v copied 2 "exception store full, break_write: two chunks were copied"
+fleece_expect_field full-w-v error full "exception store full, break_write: the status says full"
+ktap_check "exception store full, break_write: chunk 12 on the origin is unchanged" \
+	cmp <(dd if="$o" bs=4096 skip=12 count=1 iflag=direct status=none) \
+	<(dd if="$tmp/ref" bs=4096 skip=12 count=1 status=none)
+ktap_check "exception store full, break_write: the view still equals the snapshot" \
+	cmp "$view" "$tmp/ref"
+cleanup_scenario full-w
+
+# 2. Write error on the exception device.
+scenario eio-s break_snapshot "0 $osz error"
+expect_broken eio-s exception_io "exception write error"
+cleanup_scenario eio-s
+
+scenario eio-w break_write "0 $osz error"
+expect_write_failed eio-w exception_io "exception write error"
+ktap_check "exception write error, break_write: the origin kept its old data" \
+	cmp <(dd if="$o" bs=4096 skip=10 count=3 iflag=direct status=none) \
+	<(dd if="$tmp/ref" bs=4096 skip=10 count=3 status=none)
+cleanup_scenario eio-w
+
+# 3. Read error on the origin during the copy: dm-flakey that is always
+#    "down" fails reads and lets writes through.
+scenario rd-s break_snapshot "0 $osz linear $e 0" "0 $osz flakey $o 0 0 3600"
+expect_broken rd-s origin_io "origin read error"
+cleanup_scenario rd-s
+
+scenario rd-w break_write "0 $osz linear $e 0" "0 $osz flakey $o 0 0 3600"
+[ "$write_rc" -ne 0 ]
+ktap_result "origin read error, break_write: the guest write fails" $?
+fleece_expect_field rd-w-v state active "origin read error, break_write: the snapshot stays valid"
+fleece_expect_field rd-w-v error origin_io "origin read error, break_write: the status gives the error (origin_io)"
+ktap_check "origin read error, break_write: the origin kept its old data" \
+	cmp <(dd if="$o" bs=4096 skip=10 count=3 iflag=direct status=none) \
+	<(dd if="$tmp/ref" bs=4096 skip=10 count=3 status=none)
+cleanup_scenario rd-w
+
+# 4. Copy timeout: the exception device takes 3 s per write, the limit is
+#    300 ms.
+start=$EPOCHREALTIME
+scenario to-w break_write "0 $osz delay $e 0 0 $e 0 3000" "" "cbw_timeout_ms 300"
+elapsed=$(echo "$EPOCHREALTIME - $start" | bc)
+expect_write_failed to-w timeout "copy timeout"
+if (($(echo "$elapsed < 9" | bc))); then
+	ktap_ok "copy timeout, break_write: writes fail at the timeout, not after the slow copy (${elapsed}s)"
+else
+	ktap_fail "copy timeout, break_write: writes fail at the timeout"
+	ktap_diag "three writes took ${elapsed}s"
+fi
+cleanup_scenario to-w
+
+scenario to-s break_snapshot "0 $osz delay $e 0 0 $e 0 3000" "" "cbw_timeout_ms 300"
+expect_broken to-s timeout "copy timeout"
+cleanup_scenario to-s
+
+ktap_finish

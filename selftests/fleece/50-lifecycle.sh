@@ -1,0 +1,79 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-only
+#
+# No bio is lost or left hanging across the life-cycle operations, with a
+# writer running on the origin all the time: view suspend/resume (the
+# snapshot survives), origin suspend/resume, origin table reload, removal
+# of the view during I/O, and module unload attempts while in use.  The
+# writer's data must all be on the origin at the end.
+# TIMEOUT: 300
+. "$(dirname "$0")/../lib/ktap.sh"
+. "$(dirname "$0")/../lib/fleece-target.sh"
+
+fleece_require_root
+fleece_require dmsetup losetup openssl
+fleece_load || ktap_bail "cannot load dm-fleece"
+
+tmp=$(fleece_tmpdir)
+o=$(fleece_loopdev 16M "$tmp/o.img")
+e=$(fleece_loopdev 16M "$tmp/e.img")
+fleece_fill "$o" 50
+osz=$(blockdev --getsz "$o")
+origin=$(fleece_origin life-o "$o" 128)
+fleece_snapshot_ref "$origin" "$tmp/ref"
+view=$(fleece_view life-v life-o "$e")
+
+# The writer: rounds of 4 KiB writes over the first 8 MiB, each round with
+# its own seed; it records the last round it completed.  Any failed write
+# is recorded too.
+writer() {
+	local round=0 i
+	while [ ! -e "$tmp/stop" ]; do
+		round=$((round + 1))
+		for ((i = 0; i < 64; i++)); do
+			fleece_write "$origin" $((i * 131072 + (round % 32) * 4096)) 4096 "r$round-$i" \
+				"$tmp/shadow" || echo "round $round write $i" >>"$tmp/write-errors"
+		done
+		echo "$round" >"$tmp/rounds"
+	done
+}
+cp "$tmp/ref" "$tmp/shadow"
+writer &
+wpid=$!
+fleece_cleanup kill "$wpid"
+sleep 2
+
+ktap_check "view suspend and resume" sh -c "dmsetup suspend life-v && dmsetup resume life-v"
+fleece_expect_field life-v state active "the snapshot survives a view suspend/resume"
+ktap_check "origin suspend and resume during writes" \
+	sh -c "dmsetup suspend life-o && sleep 0.5 && dmsetup resume life-o"
+ktap_check "origin table reload (same table) during writes" \
+	sh -c "dmsetup reload life-o --table '0 $osz fleece $o 128' && dmsetup resume life-o"
+fleece_expect_field life-v state active "the snapshot survives an origin reload"
+ktap_check "view still equals the snapshot after the reload" cmp "$view" "$tmp/ref"
+
+! rmmod dm_fleece 2>/dev/null
+ktap_result "rmmod is refused while the targets are in use" $?
+[ -d /sys/module/dm_fleece ]
+ktap_result "the module is still loaded" $?
+
+copied=$(fleece_field life-v copied)
+ktap_check "view removal during writes" fleece_dm_remove life-v
+fleece_expect_field life-o state idle "the origin is idle after the view is gone"
+sleep 1
+touch "$tmp/stop"
+wait "$wpid"
+[ ! -s "$tmp/write-errors" ]
+ktap_result "no origin write failed ($(cat "$tmp/rounds") rounds, $copied chunks copied)" $?
+ktap_check "the origin holds every write" cmp "$origin" "$tmp/shadow"
+
+# A new snapshot after the old one: starts from a clean state.
+view=$(fleece_view life-v2 life-o "$e")
+fleece_expect_field life-v2 copied 0 "a new snapshot starts with nothing copied"
+ktap_check "the new view equals the origin" cmp "$view" "$origin"
+fleece_dm_remove life-v2
+fleece_dm_remove life-o
+ktap_check "rmmod works once nothing uses the module" rmmod dm_fleece
+fleece_load
+ktap_result "the module loads again" $?
+ktap_finish
