@@ -38,6 +38,14 @@ void fleece_submit_list(struct bio_list *issue, struct bio_list *fail)
  * every held view read to @fail; the jobs in flight finish on their own and
  * their results are dropped.
  */
+static void __mark_failed(struct fleece_snapshot *s, struct fleece_copy_job *job)
+{
+	if (!job->failed) {
+		job->failed = true;
+		s->copies_failed++;
+	}
+}
+
 void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 			 struct bio_list *issue, struct bio_list *fail)
 {
@@ -50,7 +58,7 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 	core->state = FLEECE_INVALID;
 	core->error = error;
 	list_for_each_entry(job, &s->jobs_by_age, age_entry) {
-		job->failed = true;
+		__mark_failed(s, job);
 		while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
 			bio_list_add(issue, bio);
 		bio_list_merge(fail, &job->waiting_reads);
@@ -60,7 +68,10 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 		bio_list_add(issue, bio);
 	DMERR_LIMIT("%u:%u: snapshot invalidated: %s", MAJOR(core->dev),
 		    MINOR(core->dev), fleece_error_name(error));
-	queue_work(core->wq, &core->event_work);
+	/* The deferred writes go through as they are now. */
+	core->recheck_deferred = true;
+	fleece_kick(core);
+	schedule_work(&core->event_work);
 }
 
 /*
@@ -77,18 +88,42 @@ void __fleece_fail_copy(struct fleece_core *core, struct fleece_copy_job *job,
 {
 	struct bio *bio;
 
+	if (job->chunk_released) {
+		/* The backup no longer needs the chunk: nothing is lost. */
+		__mark_failed(job->snap, job);
+		return;
+	}
 	core->error = error;
 	if (job->snap->policy == FLEECE_BREAK_SNAPSHOT) {
 		__fleece_invalidate(core, error, issue, fail);
 		return;
 	}
-	job->failed = true;
+	__mark_failed(job->snap, job);
 	while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
 		bio_list_add(fail, bio);
 	DMERR_LIMIT("%u:%u: copy of chunk %u failed (%s); the write fails",
 		    MAJOR(core->dev), MINOR(core->dev), job->chunk,
 		    fleece_error_name(error));
-	queue_work(core->wq, &core->event_work);
+	/* Hung copies no longer count against max_copies. */
+	core->recheck_deferred = true;
+	fleece_kick(core);
+	schedule_work(&core->event_work);
+}
+
+/*
+ * A write needs a copy that cannot be made in time: every copy slot is
+ * taken by copies that failed and still hang on their I/O.  Applies the
+ * policy; under break_write the caller fails the write.
+ */
+static void __fleece_fail_copy_nojob(struct fleece_core *core,
+				     enum fleece_error error,
+				     struct bio_list *issue, struct bio_list *fail)
+{
+	core->error = error;
+	if (core->snap->policy == FLEECE_BREAK_SNAPSHOT)
+		__fleece_invalidate(core, error, issue, fail);
+	else
+		schedule_work(&core->event_work);
 }
 
 static u32 __alloc_slot(struct fleece_snapshot *s)
@@ -120,6 +155,8 @@ static void __sort_write(struct fleece_core *core, struct bio *bio,
 		break;
 	case FLEECE_ROUTE_NEED_COPY:
 		__fleece_hold_write(core, &core->deferred_writes, bio);
+		core->recheck_deferred = true;
+		fleece_kick(core);
 		break;
 	case FLEECE_ROUTE_HELD:
 		break;
@@ -155,6 +192,9 @@ static void __retire_job(struct fleece_core *core, struct fleece_copy_job *job,
 	if (job->slot != FLEECE_NO_SLOT)
 		__fleece_free_slot(s, job->slot);
 	s->copies_in_flight--;
+	if (job->failed)
+		s->copies_failed--;
+	core->recheck_deferred = true;
 
 	while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
 		__sort_write(core, bio, issue, fail);
@@ -172,6 +212,16 @@ static void free_job_pages(struct fleece_copy_job *job)
 	job->nr_pages = 0;
 }
 
+static void put_job_resources(struct fleece_copy_job *job)
+{
+	free_job_pages(job);
+	if (job->bio) {
+		bio_put(job->bio);
+		job->bio = NULL;
+		atomic_dec(&job->snap->copies_in_io);
+	}
+}
+
 static void copy_endio(struct bio *bio)
 {
 	struct fleece_copy_job *job = bio->bi_private;
@@ -180,15 +230,14 @@ static void copy_endio(struct bio *bio)
 
 	job->status = bio->bi_status;
 	if (job->writing) {
-		/* Give buffers back at once: the worker may be waiting for them. */
-		free_job_pages(job);
-		bio_put(bio);
-		job->bio = NULL;
+		/* Give buffers back at once: parked jobs are waiting for them. */
+		put_job_resources(job);
 	}
 	spin_lock_irqsave(&core->lock, flags);
 	list_add_tail(&job->work_entry, &core->finished_jobs);
-	spin_unlock_irqrestore(&core->lock, flags);
+	/* Under the lock: once it is dropped the core may go away. */
 	fleece_kick(core);
+	spin_unlock_irqrestore(&core->lock, flags);
 }
 
 /* Length in sectors of @job's chunk inside the image (the last may be short). */
@@ -211,25 +260,43 @@ static void add_job_pages(struct fleece_copy_job *job, struct bio *bio)
 	}
 }
 
-/* Worker, no lock held: reads the chunk's old data into memory. */
-static void submit_copy_read(struct fleece_core *core,
-			     struct fleece_copy_job *job)
+/*
+ * Gets @job's buffers and bio, all or nothing.  While other copies hold
+ * buffers it does not wait: they are only given back by copies that this
+ * worker has to drive on, so it parks the job instead.  With no copy
+ * holding any, the mempool reserves are all there and it may wait.
+ */
+static bool get_job_resources(struct fleece_core *core,
+			      struct fleece_copy_job *job, bool may_wait)
 {
 	struct fleece_snapshot *s = job->snap;
-	unsigned int i;
-	struct bio *bio;
+	gfp_t gfp = may_wait ? GFP_NOIO : GFP_NOWAIT | __GFP_NOWARN;
+	unsigned int i, nr = DIV_ROUND_UP(job_sectors(job) << SECTOR_SHIFT, PAGE_SIZE);
 
-	job->nr_pages = DIV_ROUND_UP(job_sectors(job) << SECTOR_SHIFT, PAGE_SIZE);
-	for (i = 0; i < job->nr_pages; i++)
-		job->pages[i] = mempool_alloc(&s->page_pool, GFP_NOIO);
+	job->bio = bio_alloc_bioset(s->origin_bdev, nr, REQ_OP_READ, gfp, &core->bs);
+	if (!job->bio)
+		return false;
+	atomic_inc(&s->copies_in_io);
+	for (i = 0; i < nr; i++) {
+		job->pages[i] = mempool_alloc(&s->page_pool, gfp);
+		if (!job->pages[i]) {
+			put_job_resources(job);
+			return false;
+		}
+		job->nr_pages = i + 1;
+	}
+	return true;
+}
 
-	bio = bio_alloc_bioset(s->origin_bdev, job->nr_pages, REQ_OP_READ,
-			       GFP_NOIO, &core->bs);
-	bio->bi_iter.bi_sector = (sector_t)job->chunk << s->chunk_shift;
+/* Worker, no lock held: reads the chunk's old data into memory. */
+static void submit_copy_read(struct fleece_copy_job *job)
+{
+	struct bio *bio = job->bio;
+
+	bio->bi_iter.bi_sector = (sector_t)job->chunk << job->snap->chunk_shift;
 	bio->bi_end_io = copy_endio;
 	bio->bi_private = job;
 	add_job_pages(job, bio);
-	job->bio = bio;
 	submit_bio_noacct(bio);
 }
 
@@ -251,11 +318,21 @@ static void free_job(struct fleece_core *core, struct fleece_copy_job *job)
 {
 	struct fleece_snapshot *s = job->snap;
 
-	free_job_pages(job);
-	if (job->bio)
-		bio_put(job->bio);
+	put_job_resources(job);
 	mempool_free(job, &s->job_pool);
 	wake_up(&core->copies_done);
+}
+
+/* Retires @job (no lock held) and sends on what waited for it. */
+static void end_job(struct fleece_core *core, struct fleece_copy_job *job)
+{
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+
+	spin_lock_irq(&core->lock);
+	__retire_job(core, job, &issue, &fail);
+	spin_unlock_irq(&core->lock);
+	fleece_submit_list(&issue, &fail);
+	free_job(core, job);
 }
 
 /* The origin read of @job finished. */
@@ -307,23 +384,24 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 		r = fleece_emap_reserve(&s->map, job->slot, &grown);
 
 	spin_lock_irq(&core->lock);
+	if (grown)
+		old = fleece_emap_swap(&s->map, grown);
+	if (job->status) {
+		/* Never reuse a slot the exception device failed to write. */
+		job->slot = FLEECE_NO_SLOT;
+	}
 	if (!job->failed && !job->chunk_released && core->state == FLEECE_ACTIVE) {
 		if (job->status || r) {
 			__fleece_fail_copy(core, job, job->status ?
 					   FLEECE_ERR_EXCEPTION_IO : FLEECE_ERR_NOMEM,
 					   &issue, &fail);
 		} else {
-			if (grown)
-				old = fleece_emap_swap(&s->map, grown);
-			grown = NULL;
 			fleece_emap_insert(&s->map, job->chunk, job->slot);
 			job->slot = FLEECE_NO_SLOT;
 			__clear_bit(job->chunk, s->needs_copy);
 			s->chunks_copied++;
 		}
 	}
-	if (grown)
-		old = fleece_emap_swap(&s->map, grown);
 	__retire_job(core, job, &issue, &fail);
 	spin_unlock_irq(&core->lock);
 
@@ -350,11 +428,45 @@ static void process_finished_jobs(struct fleece_core *core)
 	}
 }
 
+/*
+ * Frees @slot of a released chunk, or quarantines it while view reads of
+ * the exception device are in flight: one of them may be reading it.
+ */
+static void __release_slot(struct fleece_snapshot *s, u32 slot)
+{
+	if (s->exception_reads) {
+		__set_bit(slot, s->slot_quarantine);
+		s->nr_quarantined++;
+		return;
+	}
+	__fleece_free_slot(s, slot);
+}
+
+/* Frees the quarantined slots once no view read of the exception device is left. */
+static void process_quarantine(struct fleece_core *core)
+{
+	struct fleece_snapshot *s;
+	unsigned long slot;
+
+	spin_lock_irq(&core->lock);
+	s = core->snap;
+	if (s && s->nr_quarantined && !s->exception_reads) {
+		for_each_set_bit(slot, s->slot_quarantine, s->nr_slots) {
+			__clear_bit(slot, s->slot_quarantine);
+			__fleece_free_slot(s, slot);
+		}
+		s->nr_quarantined = 0;
+	}
+	spin_unlock_irq(&core->lock);
+}
+
 /* Releases chunks @first..@last, a batch per hold of the lock. */
 static void release_chunks(struct fleece_core *core, u32 first, u32 last)
 {
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
 	struct fleece_snapshot *s;
 	struct fleece_copy_job *job;
+	struct bio *bio;
 	u32 chunk, stop, slot;
 
 	for (chunk = first; chunk <= last; cond_resched()) {
@@ -362,7 +474,7 @@ static void release_chunks(struct fleece_core *core, u32 first, u32 last)
 		s = core->snap;
 		if (core->state != FLEECE_ACTIVE || chunk >= s->nr_chunks) {
 			spin_unlock_irq(&core->lock);
-			return;
+			break;
 		}
 		stop = min3(last, s->nr_chunks - 1, chunk + FLEECE_RELEASE_BATCH - 1);
 		for (; chunk <= stop; chunk++) {
@@ -371,15 +483,20 @@ static void release_chunks(struct fleece_core *core, u32 first, u32 last)
 			s->chunks_released++;
 			if (__test_and_clear_bit(chunk, s->needs_copy)) {
 				job = __fleece_job_of(s, chunk);
-				if (job)
-					job->chunk_released = true;
+				if (!job)
+					continue;
+				/* Its writes need not wait for the copy any more. */
+				job->chunk_released = true;
+				while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
+					__sort_write(core, bio, &issue, &fail);
 				continue;
 			}
 			slot = fleece_emap_remove(&s->map, chunk);
 			if (slot != FLEECE_NO_SLOT)
-				__fleece_free_slot(s, slot);
+				__release_slot(s, slot);
 		}
 		spin_unlock_irq(&core->lock);
+		fleece_submit_list(&issue, &fail);
 	}
 }
 
@@ -421,8 +538,7 @@ static void process_releases(struct fleece_core *core)
  * the policy when the exception store is full.  Returns how @bio goes on.
  */
 static enum fleece_route __start_copy(struct fleece_core *core,
-				      struct fleece_copy_job *job,
-				      struct bio *bio, struct list_head *to_start,
+				      struct fleece_copy_job *job, struct bio *bio,
 				      struct bio_list *issue, struct bio_list *fail)
 {
 	struct fleece_snapshot *s = core->snap;
@@ -436,6 +552,7 @@ static enum fleece_route __start_copy(struct fleece_core *core,
 		}
 		DMERR_LIMIT("%u:%u: exception store full; the write fails",
 			    MAJOR(core->dev), MINOR(core->dev));
+		schedule_work(&core->event_work);
 		return FLEECE_ROUTE_FAIL;
 	}
 
@@ -451,52 +568,75 @@ static enum fleece_route __start_copy(struct fleece_core *core,
 	bio_list_init(&job->waiting_reads);
 	fleece_range_insert(&job->range, &s->copies);
 	list_add_tail(&job->age_entry, &s->jobs_by_age);
-	list_add_tail(&job->work_entry, to_start);
+	list_add_tail(&job->work_entry, &s->jobs_to_start);
 	s->copies_in_flight++;
 	__fleece_hold_write(core, &job->waiting_writes, bio);
+	if (s->timeout)
+		queue_delayed_work(core->wq, &core->timeout_work, s->timeout);
 	return FLEECE_ROUTE_HELD;
 }
 
 /*
+ * True when no new copy may start now: max_copies healthy copies are
+ * running, or failed copies that hang on their I/O have piled up.
+ */
+static bool __copies_full(struct fleece_snapshot *s)
+{
+	return s->copies_in_flight - s->copies_failed >= s->max_copies ||
+	       s->copies_in_flight >= 2 * s->max_copies;
+}
+
+/*
  * Routes the writes that wait for the worker: writes deferred while a
- * snapshot started, writes that need a new copy, and writes that waited
- * for view reads.  Starts the copies they need, within snap->max_copies.
+ * snapshot started or that need a new copy (in order, until the copies are
+ * full), and writes that waited for view reads.
  */
 static void process_writes(struct fleece_core *core)
 {
 	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
-	struct fleece_copy_job *spare = NULL, *job, *tmp;
 	struct fleece_snapshot *spare_snap = NULL, *s;
 	struct bio_list pending = BIO_EMPTY_LIST;
+	struct fleece_copy_job *spare = NULL;
 	struct fleece_origin_io *io;
 	enum fleece_route route;
-	LIST_HEAD(to_start);
 	struct bio *bio;
 
 	spin_lock_irq(&core->lock);
-	while ((bio = __fleece_pop_write(core, &core->reader_blocked)))
-		bio_list_add(&pending, bio);
-	while ((bio = __fleece_pop_write(core, &core->deferred_writes)))
-		bio_list_add(&pending, bio);
+	if (core->recheck_readers) {
+		core->recheck_readers = false;
+		while ((bio = __fleece_pop_write(core, &core->reader_blocked)))
+			__sort_write(core, bio, &issue, &fail);
+	}
+	if (core->recheck_deferred) {
+		core->recheck_deferred = false;
+		while ((bio = __fleece_pop_write(core, &core->deferred_writes)))
+			bio_list_add(&pending, bio);
+	}
 
 	while ((bio = bio_list_pop(&pending))) {
 		io = fleece_origin_io(bio);
 		if (!io->holds_ref) {
 			if (!percpu_ref_tryget_live(&core->writes_ref)) {
 				/* Still starting: fleece_snapshot_start() kicks us. */
-				__fleece_hold_write(core, &core->deferred_writes, bio);
-				continue;
+				bio_list_add_head(&pending, bio);
+				break;
 			}
 			io->holds_ref = true;
 		}
 		route = __fleece_route_write(core, bio, io);
 		if (route == FLEECE_ROUTE_NEED_COPY) {
 			s = core->snap;
-			if (s->copies_in_flight >= s->max_copies) {
-				__fleece_hold_write(core, &core->deferred_writes, bio);
-				continue;
-			}
-			if (!spare || spare_snap != s) {
+			if (__copies_full(s)) {
+				if (s->copies_in_flight > s->copies_failed) {
+					/* A copy will end and recheck: keep the order. */
+					bio_list_add_head(&pending, bio);
+					break;
+				}
+				/* Only hung copies: this one could not end in time. */
+				__fleece_fail_copy_nojob(core, FLEECE_ERR_TIMEOUT, &issue, &fail);
+				route = core->state == FLEECE_ACTIVE ? FLEECE_ROUTE_FAIL :
+								       FLEECE_ROUTE_ISSUE;
+			} else if (!spare || spare_snap != s) {
 				spin_unlock_irq(&core->lock);
 				if (spare)
 					mempool_free(spare, &spare_snap->job_pool);
@@ -505,27 +645,65 @@ static void process_writes(struct fleece_core *core)
 				spin_lock_irq(&core->lock);
 				bio_list_add_head(&pending, bio);
 				continue;
+			} else {
+				route = __start_copy(core, spare, bio, &issue, &fail);
+				if (route == FLEECE_ROUTE_HELD)
+					spare = NULL;
 			}
-			route = __start_copy(core, spare, bio, &to_start, &issue, &fail);
-			if (route == FLEECE_ROUTE_HELD)
-				spare = NULL;
 		}
 		if (route == FLEECE_ROUTE_ISSUE)
 			bio_list_add(&issue, bio);
 		else if (route == FLEECE_ROUTE_FAIL)
 			bio_list_add(&fail, bio);
 	}
-	s = core->snap;
-	if (s && s->timeout && !list_empty(&to_start))
-		queue_delayed_work(core->wq, &core->timeout_work, s->timeout);
+	/* What was not looked at goes back, in front and in order. */
+	if (!bio_list_empty(&pending)) {
+		while ((bio = __fleece_pop_write(core, &core->deferred_writes)))
+			bio_list_add(&pending, bio);
+		while ((bio = bio_list_pop(&pending)))
+			__fleece_hold_write(core, &core->deferred_writes, bio);
+	}
 	spin_unlock_irq(&core->lock);
 
 	if (spare)
 		mempool_free(spare, &spare_snap->job_pool);
 	fleece_submit_list(&issue, &fail);
-	list_for_each_entry_safe(job, tmp, &to_start, work_entry) {
-		list_del_init(&job->work_entry);
-		submit_copy_read(core, job);
+}
+
+/*
+ * Starts the copies that wait for buffers, oldest first.  A job that was
+ * failed or released meanwhile, or whose snapshot ended, ends unstarted.
+ */
+static void start_jobs(struct fleece_core *core)
+{
+	struct fleece_copy_job *job;
+	struct fleece_snapshot *s;
+	bool skip;
+
+	for (;;) {
+		spin_lock_irq(&core->lock);
+		s = core->snap;
+		job = s ? list_first_entry_or_null(&s->jobs_to_start,
+						   struct fleece_copy_job, work_entry) : NULL;
+		if (job)
+			list_del_init(&job->work_entry);
+		skip = job && (job->failed || job->chunk_released ||
+			       core->state != FLEECE_ACTIVE);
+		spin_unlock_irq(&core->lock);
+		if (!job)
+			return;
+		if (skip) {
+			end_job(core, job);
+			continue;
+		}
+		if (!get_job_resources(core, job, !atomic_read(&s->copies_in_io))) {
+			/* A copy in flight gives buffers back and kicks us. */
+			spin_lock_irq(&core->lock);
+			list_add(&job->work_entry, &s->jobs_to_start);
+			spin_unlock_irq(&core->lock);
+			return;
+		}
+		submit_copy_read(job);
 	}
 }
 
@@ -535,7 +713,9 @@ void fleece_worker(struct work_struct *work)
 
 	process_finished_jobs(core);
 	process_releases(core);
+	process_quarantine(core);
 	process_writes(core);
+	start_jobs(core);
 }
 
 /* Fails the copies that took longer than the cbw_timeout_ms feature allows. */
@@ -555,7 +735,7 @@ void fleece_timeout_worker(struct work_struct *work)
 		return;
 	}
 	list_for_each_entry(job, &s->jobs_by_age, age_entry) {
-		if (job->failed)
+		if (job->failed || job->chunk_released)
 			continue;
 		if (time_before(now, job->started + s->timeout)) {
 			next = job->started + s->timeout - now;
@@ -571,7 +751,11 @@ void fleece_timeout_worker(struct work_struct *work)
 	fleece_submit_list(&issue, &fail);
 }
 
-/* Raises a dm event on the origin and the view, from process context. */
+/*
+ * Raises a dm event on the origin and the view, from process context, on
+ * the system workqueue: it takes the registry mutex, which must never hold
+ * up the copy worker.
+ */
 void fleece_event_worker(struct work_struct *work)
 {
 	struct fleece_core *core = container_of(work, struct fleece_core, event_work);

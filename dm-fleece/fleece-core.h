@@ -64,6 +64,7 @@ enum fleece_error {
 	FLEECE_ERR_EXCEPTION_IO,
 	FLEECE_ERR_TIMEOUT,
 	FLEECE_ERR_NOMEM,
+	FLEECE_ERR_DETACHED,	/* the origin table was replaced or removed */
 };
 
 /* What a failed copy breaks: the view (default) or the guest write. */
@@ -124,14 +125,24 @@ struct fleece_snapshot {
 	unsigned long *needs_copy;	/* per chunk: data still only on origin */
 	unsigned long *released;	/* per chunk: released by the backup */
 	unsigned long *slot_used;	/* per exception slot */
-	u32 slots_used;
+	/*
+	 * Released slots that a view read may still be reading: reused only
+	 * once no view read of the exception device is in flight.
+	 */
+	unsigned long *slot_quarantine;
+	u32 nr_quarantined;
+	unsigned int exception_reads;	/* view reads of the exception device */
+	u32 slots_used;			/* holding a chunk, quarantined or bad */
 	u32 slot_hint;			/* no free slot below this one */
 	/* Mutated only by the worker, which also grows it without the lock. */
 	struct fleece_exception_map map;
 	struct rb_root_cached copies;	/* struct fleece_copy_job.range */
 	struct rb_root_cached readers;	/* struct fleece_view_io.range */
 	struct list_head jobs_by_age;	/* oldest first, for the timeout */
-	unsigned int copies_in_flight;
+	struct list_head jobs_to_start;	/* created, waiting for buffers */
+	unsigned int copies_in_flight;	/* jobs that exist */
+	unsigned int copies_failed;	/* of those, failed but not finished */
+	atomic_t copies_in_io;		/* of those, holding buffers */
 	u64 chunks_copied;
 	u64 chunks_released;
 	u64 writes_delayed;
@@ -148,7 +159,8 @@ struct fleece_snapshot {
 struct fleece_copy_job {
 	struct fleece_range range;	/* in snap->copies */
 	struct list_head age_entry;	/* in snap->jobs_by_age */
-	struct list_head work_entry;	/* in core->finished_jobs */
+	/* In snap->jobs_to_start, then in core->finished_jobs. */
+	struct list_head work_entry;
 	struct fleece_core *core;
 	struct fleece_snapshot *snap;
 	u32 chunk;
@@ -176,6 +188,7 @@ struct fleece_origin_io {
 struct fleece_view_io {
 	struct fleece_range range;	/* in snap->readers while reading origin */
 	bool reading_origin;
+	bool reading_exception;		/* counted in snap->exception_reads */
 };
 
 struct fleece_view;
@@ -191,6 +204,14 @@ struct fleece_core {
 	struct block_device *origin_bdev;
 	sector_t origin_sectors;
 	sector_t chunk_sectors;
+
+	/*
+	 * The worker re-routes the deferred writes only when a copy may have
+	 * room or the state changed, and the reader-blocked writes only when
+	 * a view read of the origin ended (core->lock).
+	 */
+	bool recheck_deferred;
+	bool recheck_readers;
 
 	/*
 	 * Protects state, error, snap and everything in it marked so, and the
@@ -228,6 +249,7 @@ struct fleece_view {
 	struct dm_target *ti;
 	struct fleece_core *core;
 	struct dm_dev *fleece_dev;
+	struct dm_dev *origin_dev;	/* the fleece device's origin, held open */
 	struct dm_dev *exception_dev;
 	enum fleece_cbw_policy policy;
 	unsigned int timeout_ms;

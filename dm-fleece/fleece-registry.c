@@ -6,6 +6,7 @@
  * snapshot across a table reload: the new instance finds the core of the
  * old one.  A plain list: there is one entry per fleeced device.
  */
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 
 #include "fleece-core.h"
@@ -105,7 +106,16 @@ struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
 				    sector_t chunk_sectors, char **error)
 {
 	dev_t dev = md_dev(origin_ti);
-	struct fleece_core *core;
+	struct fleece_core *core, *new;
+	unsigned int noio;
+
+	/*
+	 * Allocated before the registry lock is taken, so that reclaim never
+	 * waits with it held; and without I/O, as the device may be suspended.
+	 */
+	noio = memalloc_noio_save();
+	new = core_alloc(dev);
+	memalloc_noio_restore(noio);
 
 	mutex_lock(&fleece_registry_lock);
 	core = __core_find(dev);
@@ -126,7 +136,8 @@ struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
 			goto out;
 		}
 	}
-	core = core_alloc(dev);
+	core = new;
+	new = NULL;
 	if (!core) {
 		*error = "Cannot allocate the fleece device state.";
 		core = ERR_PTR(-ENOMEM);
@@ -140,6 +151,8 @@ struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
 	list_add(&core->registry_entry, &fleece_cores);
 out:
 	mutex_unlock(&fleece_registry_lock);
+	if (new)
+		core_free(new);
 	return core;
 }
 
@@ -181,12 +194,31 @@ static void __core_put(struct fleece_core *core)
 	mutex_lock(&fleece_registry_lock);
 }
 
+/*
+ * The origin instance that writes went through is gone and no fleece
+ * instance took over (the device's table became another target, or the
+ * device was wiped): writes no longer pass copy-before-write, so the
+ * snapshot cannot be trusted.
+ */
+static void detach_snapshot(struct fleece_core *core)
+{
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+
+	spin_lock_irq(&core->lock);
+	if (core->state == FLEECE_ACTIVE)
+		__fleece_invalidate(core, FLEECE_ERR_DETACHED, &issue, &fail);
+	spin_unlock_irq(&core->lock);
+	fleece_submit_list(&issue, &fail);
+}
+
 /* Origin destructor: drops @origin_ti's reference. */
 void fleece_core_put_origin(struct fleece_core *core, struct dm_target *origin_ti)
 {
 	mutex_lock(&fleece_registry_lock);
-	if (core->origin_ti == origin_ti)
+	if (core->origin_ti == origin_ti) {
 		core->origin_ti = NULL;
+		detach_snapshot(core);
+	}
 	__core_put(core);
 	mutex_unlock(&fleece_registry_lock);
 }

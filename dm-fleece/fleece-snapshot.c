@@ -8,6 +8,7 @@
  * fleece-copy.c through the bio lists of struct fleece_core.
  */
 #include <linux/bitmap.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
@@ -38,6 +39,7 @@ const char *fleece_error_name(enum fleece_error error)
 		[FLEECE_ERR_EXCEPTION_IO] = "exception_io",
 		[FLEECE_ERR_TIMEOUT] = "timeout",
 		[FLEECE_ERR_NOMEM] = "nomem",
+		[FLEECE_ERR_DETACHED] = "detached",
 	};
 
 	return error < ARRAY_SIZE(names) ? names[error] : "unknown";
@@ -64,7 +66,8 @@ static void snapshot_free(struct fleece_snapshot *s)
 	mempool_exit(&s->page_pool);
 	mempool_exit(&s->job_pool);
 	fleece_emap_destroy(&s->map);
-	bitmap_free(s->slot_used);
+	kvfree(s->slot_quarantine);
+	kvfree(s->slot_used);
 	kvfree(s->released);
 	kvfree(s->needs_copy);
 	kfree(s);
@@ -86,7 +89,7 @@ static struct fleece_snapshot *snapshot_alloc(struct fleece_core *core,
 	s->nr_chunks = DIV_ROUND_UP_SECTOR_T(s->nr_sectors, chunk_sectors);
 	s->nr_slots = min_t(sector_t, exception_sectors >> s->chunk_shift,
 			    FLEECE_NO_SLOT - 1);
-	s->origin_bdev = core->origin_bdev;
+	s->origin_bdev = view->origin_dev->bdev;
 	s->exception_bdev = view->exception_dev->bdev;
 	s->policy = view->policy;
 	s->timeout = msecs_to_jiffies(view->timeout_ms);
@@ -95,16 +98,22 @@ static struct fleece_snapshot *snapshot_alloc(struct fleece_core *core,
 	s->copies = RB_ROOT_CACHED;
 	s->readers = RB_ROOT_CACHED;
 	INIT_LIST_HEAD(&s->jobs_by_age);
+	INIT_LIST_HEAD(&s->jobs_to_start);
 
 	bitmap_bytes = BITS_TO_LONGS(s->nr_chunks) * sizeof(unsigned long);
 	s->needs_copy = kvzalloc(bitmap_bytes, GFP_KERNEL);
 	s->released = kvzalloc(bitmap_bytes, GFP_KERNEL);
-	s->slot_used = bitmap_zalloc(s->nr_slots, GFP_KERNEL);
+	bitmap_bytes = BITS_TO_LONGS(s->nr_slots) * sizeof(unsigned long);
+	s->slot_used = kvzalloc(bitmap_bytes, GFP_KERNEL);
+	s->slot_quarantine = kvzalloc(bitmap_bytes, GFP_KERNEL);
 	if (!s->needs_copy || !s->released || !s->slot_used ||
-	    fleece_emap_init(&s->map, s->nr_slots))
+	    !s->slot_quarantine || fleece_emap_init(&s->map, s->nr_slots))
 		goto bad;
-	/* One spare job for the worker besides the copies in flight. */
-	if (mempool_init_kmalloc_pool(&s->job_pool, s->max_copies + 1,
+	/*
+	 * Jobs in flight: max_copies healthy ones, as many failed ones that
+	 * still hang on their I/O, and one spare for the worker.
+	 */
+	if (mempool_init_kmalloc_pool(&s->job_pool, 2 * s->max_copies + 1,
 				      sizeof(struct fleece_copy_job) +
 				      s->chunk_pages * sizeof(struct page *)))
 		goto bad;
@@ -130,10 +139,15 @@ int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 {
 	struct fleece_snapshot *s;
 
+	unsigned int noio;
+
 	if (READ_ONCE(core->snap))
 		return 0;
 
+	/* The origin may be suspended: reclaim must not write to it. */
+	noio = memalloc_noio_save();
 	s = snapshot_alloc(core, view);
+	memalloc_noio_restore(noio);
 	if (!s)
 		return -ENOMEM;
 
@@ -144,6 +158,7 @@ int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 	core->snap = s;
 	core->error = FLEECE_ERR_NONE;
 	core->state = FLEECE_ACTIVE;
+	core->recheck_deferred = true;
 	spin_unlock_irq(&core->lock);
 
 	/* Pairs with smp_rmb() in fleece_origin_map_write(). */
@@ -154,7 +169,7 @@ int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 	       MAJOR(core->dev), MINOR(core->dev), s->nr_chunks,
 	       (unsigned long long)core->chunk_sectors, s->nr_slots);
 	fleece_kick(core);
-	queue_work(core->wq, &core->event_work);
+	schedule_work(&core->event_work);
 	return 0;
 }
 
@@ -179,6 +194,7 @@ void fleece_snapshot_end(struct fleece_core *core)
 		return;
 	}
 	core->state = FLEECE_IDLE;
+	core->recheck_deferred = true;
 	list_for_each_entry(job, &s->jobs_by_age, age_entry)
 		while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
 			bio_list_add(&issue, bio);
@@ -203,7 +219,7 @@ void fleece_snapshot_end(struct fleece_core *core)
 	       (unsigned long long)s->chunks_copied,
 	       (unsigned long long)s->chunks_released);
 	snapshot_free(s);
-	queue_work(core->wq, &core->event_work);
+	schedule_work(&core->event_work);
 }
 
 void __fleece_hold_write(struct fleece_core *core, struct bio_list *list,
@@ -320,7 +336,7 @@ int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 		spin_lock_irqsave(&core->lock, flags);
 		__fleece_hold_write(core, &core->deferred_writes, bio);
 		spin_unlock_irqrestore(&core->lock, flags);
-		fleece_kick(core);
+		/* fleece_snapshot_start() kicks the worker when it is done. */
 		return DM_MAPIO_SUBMITTED;
 	}
 	io->holds_ref = true;
@@ -333,8 +349,10 @@ int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 	if (core->state == FLEECE_ACTIVE)
 		trim_to_chunk(bio, (sector_t)1 << core->snap->chunk_shift);
 	route = __fleece_route_write(core, bio, io);
-	if (route == FLEECE_ROUTE_NEED_COPY)
+	if (route == FLEECE_ROUTE_NEED_COPY) {
 		__fleece_hold_write(core, &core->deferred_writes, bio);
+		core->recheck_deferred = true;
+	}
 	spin_unlock_irqrestore(&core->lock, flags);
 
 	switch (route) {
@@ -408,6 +426,9 @@ enum fleece_route __fleece_route_read(struct fleece_core *core, struct bio *bio,
 			return FLEECE_ROUTE_FAIL;
 		if (in_map)
 			trim_to_chunk(bio, chunk_sectors);
+		/* Holds off the reuse of the slot if the chunk is released. */
+		s->exception_reads++;
+		io->reading_exception = true;
 		bio_set_dev(bio, s->exception_bdev);
 		bio->bi_iter.bi_sector = ((sector_t)slot << s->chunk_shift) +
 					 (sector & (chunk_sectors - 1));
@@ -463,20 +484,28 @@ int fleece_view_map_read(struct fleece_core *core, struct bio *bio,
 void fleece_view_end_read(struct fleece_core *core, struct fleece_view_io *io,
 			  blk_status_t *error)
 {
+	struct fleece_snapshot *s;
 	unsigned long flags;
-	bool kick = false;
 
-	if (io->reading_origin) {
+	if (io->reading_origin || io->reading_exception) {
 		spin_lock_irqsave(&core->lock, flags);
-		fleece_range_remove(&io->range, &core->snap->readers);
-		io->reading_origin = false;
-		kick = !bio_list_empty(&core->reader_blocked);
+		s = core->snap;
+		if (io->reading_origin) {
+			fleece_range_remove(&io->range, &s->readers);
+			io->reading_origin = false;
+			if (!bio_list_empty(&core->reader_blocked)) {
+				core->recheck_readers = true;
+				fleece_kick(core);
+			}
+		} else {
+			io->reading_exception = false;
+			if (!--s->exception_reads && s->nr_quarantined)
+				fleece_kick(core);
+		}
 		spin_unlock_irqrestore(&core->lock, flags);
 	}
 	if (READ_ONCE(core->state) != FLEECE_ACTIVE && !*error)
 		*error = BLK_STS_IOERR;
-	if (kick)
-		fleece_kick(core);
 }
 
 void fleece_view_queue_discard(struct fleece_core *core, struct bio *bio)

@@ -95,11 +95,16 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
 	struct dm_arg_set as = { .argc = argc, .argv = argv };
 	const char *fleece_path, *exception_path;
+	char origin_name[24];
 	struct fleece_view *view;
 	int r;
 
 	if (argc < 2) {
 		ti->error = "Not enough arguments: expected <fleece dev> <exception dev>.";
+		return -EINVAL;
+	}
+	if (ti->begin) {
+		ti->error = "The fleece-view target must start at sector 0 of its device.";
 		return -EINVAL;
 	}
 	view = kzalloc(sizeof(*view), GFP_KERNEL);
@@ -135,6 +140,18 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		r = PTR_ERR(view->core);
 		goto bad_exception;
 	}
+	/*
+	 * Untouched chunks are read from the origin device directly; hold it
+	 * open so that it outlives any reload of the fleece device.
+	 */
+	snprintf(origin_name, sizeof(origin_name), "%u:%u",
+		 MAJOR(view->core->origin_bdev->bd_dev),
+		 MINOR(view->core->origin_bdev->bd_dev));
+	r = dm_get_device(ti, origin_name, FLEECE_OPEN_READ, &view->origin_dev);
+	if (r) {
+		ti->error = "Cannot open the origin device under the fleece device.";
+		goto bad_core;
+	}
 
 	ti->num_flush_bios = 1;
 	ti->num_discard_bios = 1;
@@ -143,6 +160,8 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	ti->private = view;
 	return 0;
 
+bad_core:
+	fleece_core_detach_view(view->core);
 bad_exception:
 	dm_put_device(ti, view->exception_dev);
 bad_fleece:
@@ -158,6 +177,7 @@ static void fleece_view_dtr(struct dm_target *ti)
 
 	fleece_snapshot_end(view->core);
 	fleece_core_detach_view(view->core);
+	dm_put_device(ti, view->origin_dev);
 	dm_put_device(ti, view->exception_dev);
 	dm_put_device(ti, view->fleece_dev);
 	kfree(view);
@@ -169,6 +189,7 @@ static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 	struct fleece_view_io *io = fleece_view_io(bio);
 
 	io->reading_origin = false;
+	io->reading_exception = false;
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
 		if (!bio_sectors(bio))

@@ -16,7 +16,7 @@ fleece_load || ktap_bail "cannot load dm-fleece"
 fleece_modprobe dm-delay
 
 WRITERS=8
-DELAY_MS=1500
+DELAY_MS=4000
 tmp=$(fleece_tmpdir)
 o=$(fleece_loopdev 16M "$tmp/o.img")
 e=$(fleece_loopdev 16M "$tmp/e.img")
@@ -28,12 +28,17 @@ fleece_snapshot_ref "$origin" "$tmp/ref"
 cp "$tmp/ref" "$tmp/shadow"
 view=$(fleece_view once-v once-o "$slow" 2 cbw_error break_write)
 
-# Eight 4 KiB writes to eight places of chunk 3 (1 MiB chunks), at once.
+# Eight 4 KiB writes to eight places of chunk 3 (1 MiB chunks), at once;
+# the data is made first so that the writers start together.
+for ((i = 0; i < WRITERS; i++)); do
+	head -c 4096 /dev/urandom >"$tmp/w$i"
+done
 start=$EPOCHREALTIME
 for ((i = 0; i < WRITERS; i++)); do
-	fleece_write "$origin" $((3 * 1048576 + i * 131072)) 4096 w$i &
+	dd if="$tmp/w$i" of="$origin" bs=4096 seek=$((3 * 256 + i * 32)) \
+		oflag=direct conv=notrunc status=none &
 done
-sleep 0.5
+sleep 1
 # While the copy is in flight, the origin must still hold the old data.
 ktap_check "no write reached the origin while the copy was in flight" \
 	cmp <(dd if="$o" bs=1M skip=3 count=1 iflag=direct status=none) \
@@ -55,7 +60,8 @@ ktap_check "the view equals the snapshot" cmp "$view" "$tmp/ref"
 
 # A second round on the same, now copied, chunk copies nothing more.
 for ((i = 0; i < WRITERS; i++)); do
-	fleece_write "$origin" $((3 * 1048576 + i * 131072 + 4096)) 4096 x$i &
+	dd if="$tmp/w$i" of="$origin" bs=4096 seek=$((3 * 256 + i * 32 + 1)) \
+		oflag=direct conv=notrunc status=none &
 done
 wait
 fleece_expect_field once-v copied 1 "writes to a copied chunk copy nothing"

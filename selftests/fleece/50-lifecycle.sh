@@ -23,16 +23,23 @@ origin=$(fleece_origin life-o "$o" 128)
 fleece_snapshot_ref "$origin" "$tmp/ref"
 view=$(fleece_view life-v life-o "$e")
 
-# The writer: rounds of 4 KiB writes over the first 8 MiB, each round with
-# its own seed; it records the last round it completed.  Any failed write
-# is recorded too.
+# The writer: rounds of eight 64 KiB writes over the first 8 MiB (from four
+# prepared data blocks), each round shifted by 4 KiB; it records the rounds
+# it completed and any failed write, and mirrors every write into a shadow.
+for b in 0 1 2 3; do
+	head -c 65536 /dev/urandom >"$tmp/data$b"
+done
 writer() {
-	local round=0 i
+	local round=0 i off
 	while [ ! -e "$tmp/stop" ]; do
 		round=$((round + 1))
-		for ((i = 0; i < 64; i++)); do
-			fleece_write "$origin" $((i * 131072 + (round % 32) * 4096)) 4096 "r$round-$i" \
-				"$tmp/shadow" || echo "round $round write $i" >>"$tmp/write-errors"
+		for ((i = 0; i < 8; i++)); do
+			off=$((i * 1048576 + (round % 16) * 4096))
+			dd if="$tmp/data$(((round + i) % 4))" of="$origin" bs=65536 seek="$off" \
+				oflag=direct,seek_bytes conv=notrunc status=none ||
+				echo "round $round write $i" >>"$tmp/write-errors"
+			dd if="$tmp/data$(((round + i) % 4))" of="$tmp/shadow" bs=65536 seek="$off" \
+				oflag=seek_bytes conv=notrunc status=none
 		done
 		echo "$round" >"$tmp/rounds"
 	done
