@@ -12,7 +12,17 @@ BACKPORTS_KERNEL_PKGS="linux-image-6.12*+deb12-amd64 linux-headers-6.12*+deb12-a
 PKGS="build-essential sparse linux-source-6.1 qemu-system-x86 qemu-utils
 busybox-static kmod cpio xz-utils dmsetup libdevmapper-dev nbd-client nbd-server
 libnbd-bin fio dkms e2fsprogs lvm2 util-linux python3 python3-docutils
-gnuplot-nox udev bc"
+gnuplot-nox udev bc openssl procps coreutils perl"
+# checkpatch.pl and the reference sources (drivers/md) come from this tarball.
+LINUX_SOURCE_TAR=/usr/src/linux-source-6.1.tar.xz
+LINUX_SOURCE_DIR=/usr/src/linux-source-6.1
+
+unpack_linux_source() {
+	[ -e "$LINUX_SOURCE_DIR/scripts/checkpatch.pl" ] && return 0
+	[ -r "$LINUX_SOURCE_TAR" ] || return 0
+	log "unpacking $LINUX_SOURCE_TAR"
+	tar -C /usr/src -xf "$LINUX_SOURCE_TAR"
+}
 
 log() { echo "deps: $*" >&2; }
 
@@ -24,6 +34,9 @@ done
 have_612=$(ls -d /lib/modules/6.12*/build 2>/dev/null | head -n1 || true)
 
 if [ ${#missing[@]} -eq 0 ] && [ -n "$have_612" ]; then
+	[ -e "$LINUX_SOURCE_DIR/scripts/checkpatch.pl" ] && exit 0
+	[ "$(id -u)" -eq 0 ] || { log "run 'make deps' as root to unpack $LINUX_SOURCE_TAR"; exit 0; }
+	unpack_linux_source
 	exit 0
 fi
 
@@ -61,4 +74,5 @@ if [ -z "$have_612" ]; then
 	apt-get install -y -qq --no-install-recommends -t bookworm-backports \
 		"linux-image-$v" "linux-headers-$v" >/dev/null
 fi
+unpack_linux_source
 log "done"
