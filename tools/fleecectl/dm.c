@@ -62,14 +62,18 @@ int dmx_udev_in_use(void)
 	return dm_udev_get_sync_support();
 }
 
-/* Run a task; with_cookie for ops that change device nodes. */
-static int run(struct dm_task *dmt, int with_cookie, uint16_t udev_flags)
+/*
+ * Run a task.  with_cookie for ops that change device nodes: the udev
+ * cookie is waited on at once, unless shared is given, which collects the
+ * cookie for one later dmx_udev_wait() (several tasks may share one).
+ */
+static int run_shared(struct dm_task *dmt, int with_cookie, uint16_t udev_flags, uint32_t *shared)
 {
-	uint32_t cookie = 0;
+	uint32_t cookie = 0, *c = shared ? shared : &cookie;
 	int ok;
 
 	last_dm_error[0] = 0;
-	if (with_cookie && !dm_task_set_cookie(dmt, &cookie, udev_flags)) {
+	if (with_cookie && !dm_task_set_cookie(dmt, c, udev_flags)) {
 		dmx_errno = ENOMEM;
 		return -1;
 	}
@@ -77,9 +81,19 @@ static int run(struct dm_task *dmt, int with_cookie, uint16_t udev_flags)
 	dmx_errno = ok ? 0 : dm_task_get_errno(dmt);
 	if (!ok && !dmx_errno)
 		dmx_errno = EIO;
-	if (with_cookie)
+	if (with_cookie && !shared)
 		(void)dm_udev_wait(cookie);
 	return ok ? 0 : -1;
+}
+
+static int run(struct dm_task *dmt, int with_cookie, uint16_t udev_flags)
+{
+	return run_shared(dmt, with_cookie, udev_flags, NULL);
+}
+
+void dmx_udev_wait(uint32_t cookie)
+{
+	(void)dm_udev_wait(cookie);
 }
 
 static struct dm_task *task(int type, const char *name)
@@ -237,7 +251,11 @@ int dmx_create(const char *name, const char *uuid, const struct dm_table_lines *
 		goto out;
 	if (tbl && add_targets(dmt, tbl))
 		goto out;
-	r = run(dmt, 1, udev_flags);
+	/*
+	 * Without a table the kernel sends no uevent, so a cookie would never
+	 * complete; the node comes with the first resume (add_node on resume).
+	 */
+	r = run(dmt, tbl != NULL, udev_flags);
 out:
 	dm_task_destroy(dmt);
 	return r;
@@ -285,16 +303,21 @@ out:
 	return r;
 }
 
-int dmx_resume(const char *name, uint16_t udev_flags)
+int dmx_resume_nowait(const char *name, uint16_t udev_flags, uint32_t *cookie)
 {
 	struct dm_task *dmt = task(DM_DEVICE_RESUME, name);
 	int r;
 
 	if (!dmt)
 		return -1;
-	r = run(dmt, 1, udev_flags);
+	r = run_shared(dmt, 1, udev_flags, cookie);
 	dm_task_destroy(dmt);
 	return r;
+}
+
+int dmx_resume(const char *name, uint16_t udev_flags)
+{
+	return dmx_resume_nowait(name, udev_flags, NULL);
 }
 
 int dmx_remove(const char *name, int deferred, uint16_t udev_flags)

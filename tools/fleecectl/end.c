@@ -81,7 +81,7 @@ int snapshot_end(struct fleece_set *s, int force)
 	exception_cleanup(s->name);
 	s->have_view = 0;
 	if (had_status)
-		msg("snapshot of %s ended (%s): %" PRIu64 " chunks copied, %" PRIu64 " released, exception peak"
+		msg("snapshot of %s ended (it was %s): %" PRIu64 " chunks copied, %" PRIu64 " released, exception peak"
 		    " use %s%s%s", s->name, state_name(st.state), st.chunks_copied, st.chunks_released,
 		    fmt_size(sz, sizeof(sz), st.slots_used * st.chunk_sectors * 512ull),
 		    strcmp(st.error, "none") ? ", error " : "", strcmp(st.error, "none") ? st.error : "");

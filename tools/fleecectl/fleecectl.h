@@ -219,6 +219,13 @@ int dmx_load(const char *name, const struct dm_table_lines *tbl);
 int dmx_clear(const char *name);
 int dmx_suspend(const char *name, int lockfs);
 int dmx_resume(const char *name, uint16_t udev_flags);
+/*
+ * Resume without waiting for udev: the cookie is added to *cookie (0 for a
+ * new one) and waited on later with dmx_udev_wait().  Needed while another
+ * device is suspended that udev's rules for this one might read through.
+ */
+int dmx_resume_nowait(const char *name, uint16_t udev_flags, uint32_t *cookie);
+void dmx_udev_wait(uint32_t cookie);
 int dmx_remove(const char *name, int deferred, uint16_t udev_flags);
 int dmx_message(const char *name, const char *message, char *reply, size_t len);
 int dmx_deps(const char *name, unsigned (*devs)[2], int max);

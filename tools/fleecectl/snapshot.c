@@ -250,6 +250,7 @@ int cmd_snapshot(int argc, char **argv)
 	struct kv kv = { 0 };
 	char params[256], uuid[DMNAME_LEN + 32], p[PATH_MAX], sz[32], node[PATH_MAX];
 	uint64_t chunk_bytes, slots;
+	uint32_t cookie = 0;
 	int r;
 
 	if ((r = parse_snapshot_opts(argc, argv, &o)))
@@ -354,21 +355,35 @@ int cmd_snapshot(int argc, char **argv)
 
 	/* 2..4: the point in time */
 	if (dmx_suspend(s.origin, 1)) {
-		r = err(EXIT_FAIL, s.origin, "cannot suspend: %s", strerror(dmx_errno));
-		goto fail_view;
+		/*
+		 * EBUSY: the file system on it is frozen already (fsfreeze), and
+		 * 6.1 cannot freeze it a second time.  It is consistent as it is.
+		 */
+		if (dmx_errno != EBUSY || dmx_suspend(s.origin, 0)) {
+			r = err(EXIT_FAIL, s.origin, "cannot suspend: %s", strerror(dmx_errno));
+			goto fail_view;
+		}
+		vmsg("%s: its file system is frozen already; suspended without freezing it", s.origin);
 	}
-	if (dmx_resume(s.view, UDEV_FLAGS_VIEW)) {
+	/*
+	 * The udev wait for the view comes after the origin's resume: udev's
+	 * rules may read the view, and its reads go to the suspended origin.
+	 */
+	if (dmx_resume_nowait(s.view, UDEV_FLAGS_VIEW, &cookie)) {
 		r = err(EXIT_FAIL, s.view, "cannot start the snapshot: %s", strerror(dmx_errno));
 		hint("the kernel log says why: dmesg | grep fleece");
-		if (dmx_resume(s.origin, 0))
+		if (dmx_resume_nowait(s.origin, 0, &cookie))
 			hint("%s is left suspended: 'dmsetup resume %s'", s.origin, s.origin);
+		dmx_udev_wait(cookie);
 		goto fail_view;
 	}
-	if (dmx_resume(s.origin, 0)) {
+	if (dmx_resume_nowait(s.origin, 0, &cookie)) {
 		r = err(EXIT_FAIL, s.origin, "cannot resume after the snapshot: %s", strerror(dmx_errno));
 		hint("the snapshot exists; resume the origin with 'dmsetup resume %s'", s.origin);
+		dmx_udev_wait(cookie);
 		return r;
 	}
+	dmx_udev_wait(cookie);
 
 	set_refresh(&s);
 	if (dm_node_path(node, sizeof(node), s.view))
