@@ -134,7 +134,7 @@ valid = [f"fleece {o} 128", f"fleece-view {origin} {e}",
          f"fleece-view {origin} {e} 2 cbw_error break_snapshot",
          f"fleece-view {origin} {e} 4 cbw_timeout_ms 100 max_copies 4"]
 out = set()
-while len(out) < 300:
+while len(out) < 250:
     toks = rnd.choice(valid).split()
     op = rnd.randrange(4)
     i = rnd.randrange(1, len(toks)) if len(toks) > 1 else 0
@@ -164,16 +164,17 @@ while IFS= read -r line; do
 		continue
 	fi
 	rejected=$((rejected + 1))
-	dmsetup remove bad-x >/dev/null 2>&1
 done <"$tmp/fuzz"
+# A failed create removes its device again; make sure none is left.
+! dmsetup info bad-x >/dev/null 2>&1 || crashed=$((crashed + 1))
 # Every reason the targets logged must be a whole sentence.
 klog_new | grep -E 'fleece(-view)?: ' | grep -v 'error adding target' >"$tmp/reasons"
 grep -vE 'fleece(-view)?: [A-Z].*\. \(-E[A-Z]+\)$' "$tmp/reasons" >"$tmp/unclear"
 unclear=$((unclear + $(wc -l <"$tmp/unclear")))
 ktap_diag "generated: $((rejected - n0)) rejected, $((accepted - a0)) valid, $(wc -l <"$tmp/reasons") reasons logged"
 [ -s "$tmp/unclear" ] && ktap_diag "unclear: $(head -n 5 "$tmp/unclear")"
-[ "$crashed" -eq 0 ] && [ "$unclear" -eq 0 ] && [ $((rejected - n0)) -ge 200 ]
-ktap_result "300 generated table lines: every rejection gives a sentence" $?
+[ "$crashed" -eq 0 ] && [ "$unclear" -eq 0 ] && [ $((rejected - n0)) -ge 150 ]
+ktap_result "250 generated table lines: every rejection gives a sentence" $?
 
 # Messages.
 bad_msgs=0
@@ -193,5 +194,5 @@ ktap_result "the origin takes no messages" $((! $?))
 fleece_expect_field bad-v state active "the snapshot survived the bad input"
 ktap_check "the view still equals the snapshot" cmp "$view" "$tmp/ref"
 ktap_check "a valid release message is accepted" dmsetup message bad-v 0 release 0 256
-fleece_expect_field bad-v released 1 "the release is counted (one whole 64 KiB chunk)"
+fleece_expect_field bad-v released 2 "the release is counted (two whole 64 KiB chunks)"
 ktap_finish
