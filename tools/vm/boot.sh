@@ -25,6 +25,8 @@ if [ "${1:-}" = --shell ]; then
 	shift
 fi
 kver=${1:?usage: boot.sh [--shell] KVER [OUTDIR SCRIPT]}
+kver=$("$here/kernels.sh" "$kver" | head -n1) || exit 2
+
 out=${2:-}
 script=${3:-}
 
@@ -60,8 +62,9 @@ kernel=/boot/vmlinuz-$kver
 initrd=$vmdir/initramfs.cpio.gz
 "$here/mkinitramfs.sh" "$kver" "$initrd"
 
-scratch=$vmdir/scratch.img
-rm -f "$scratch"
+# One scratch disk per boot: several guests may run at once.
+scratch=$vmdir/scratch.$$.img
+trap 'rm -f "$scratch"' EXIT
 truncate -s "${VM_SCRATCH_SIZE:-4G}" "$scratch"
 
 # panic=-1: reboot at once on panic, which -no-reboot turns into an exit.
@@ -90,5 +93,5 @@ else
 	timeout --foreground -k 10 "${VM_TIMEOUT:-3600}" "${qemu[@]}" \
 		-serial "file:$out/console.log" -pidfile "$out/qemu.pid" </dev/null || rc=$?
 fi
-rm -f "$scratch"
 exit $rc
+

@@ -62,8 +62,12 @@ for f in modules.builtin modules.builtin.modinfo modules.order; do
 done
 depmod -b "$stage" "$kver"
 
+# Another boot may build the same file at the same time: rename atomically.
+tmp=$(mktemp "$out.XXXXXX")
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) |
-	gzip -1 >"$out.tmp"
-mv "$out.tmp" "$out"
+	gzip -1 >"$tmp"
+chmod 644 "$tmp"
+mv "$tmp" "$out"
+
 echo "$key" >"$out.key"
 echo "mkinitramfs: built $out ($(wc -l <"$stage/modules.load") modules)" >&2
