@@ -24,6 +24,8 @@
 #             when TESTS is set); 0: only the builds and the guests
 #   FLEECE_HARNESS_SELFTEST=1  add tools/vm/harness-selftests (tests that
 #             must fail: see tools/check-harness.sh)
+#   TIMEOUT_SCALE  multiply every test's timeout (default 1; e.g. 2 on a
+#             machine shared with other guests)
 #   VM_GRACE  seconds a guest may overrun a test's timeout before the host
 #             declares it hung (60); VM_BOOT_TIMEOUT (300); VM_SMP, VM_MEM
 set -uo pipefail
@@ -156,7 +158,8 @@ timeout_of() {
 		l=$(head -n 30 "$1" | sed -n 's/.*TIMEOUT_LONG: *\([0-9][0-9]*\).*/\1/p' | head -n1)
 		t=${l:-$((t * 4))}
 	fi
-	echo "$t"
+	awk -v t="$t" -v s="${TIMEOUT_SCALE:-1}" 'BEGIN { printf "%d\n", t * s + 0.5 }'
+
 }
 
 # discover ROOT BINDIR: NAME<TAB>PATH<TAB>TIMEOUT for each test under ROOT.
@@ -211,7 +214,14 @@ show_results() {
 		line "$verdict" "$name" "$(counts "$p" "$f" "$s")  ${secs}s"
 		record "$k" "$name" "$verdict" "$p" "$f" "$s" "$secs" "$notes"
 		if [ "$verdict" = FAIL ]; then
-			grep -E '^(not ok|#|Bail out)' "$run/results/$idx.out" 2>/dev/null | tail -n 40 | indent
+			# Its "not ok" lines and diagnostics; or, when it has
+			# none (timeout, crash), the last lines it printed.
+			if grep -qE '^(not ok|Bail out)' "$run/results/$idx.out" 2>/dev/null; then
+				grep -E '^(not ok|#|Bail out)' "$run/results/$idx.out" | tail -n 40 | indent
+			else
+				tail -n 15 "$run/results/$idx.out" 2>/dev/null | indent
+			fi
+
 			[ -n "$notes" ] && echo "$notes" | tr ';' '\n' | sed 's/^ *//; /^$/d; s/^/    # runner: /'
 			if [ -s "$run/results/$idx.hits" ]; then
 				echo "    # kernel log:"

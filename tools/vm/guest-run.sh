@@ -157,7 +157,9 @@ run_one() {
 		export FLEECE_TEST_NAME=$name FLEECE_TEST_TIMEOUT=$timeout
 		export FLEECE_ARTIFACTS=$out/artifacts/${name//\//_}
 		trap - USR1
-		exec 9<&-
+		# No runner fd reaches a test (lvm complains of leaked fds).
+		exec 3<&- 9<&-
+
 		if [ -x "$path" ]; then
 			exec "$path"
 		else
@@ -206,7 +208,8 @@ run_one() {
 		index($0, e) { exit }
 		{ buf = buf $0 "\n" }
 		END { printf "%s", buf }' >"$res/$idx.dmesg"
-	grep -E -A 12 "$BAD" "$res/$idx.dmesg" | grep -v 'fleece-harness:' | head -n 80 >"$res/$idx.hits"
+	grep -E -A 30 "$BAD" "$res/$idx.dmesg" | grep -v 'fleece-harness:' | head -n 80 >"$res/$idx.hits"
+
 	grep -qE "$BAD" "$res/$idx.hits" || : >"$res/$idx.hits"
 
 	tally "$o" "$rc" "$timedout" "$res/$idx.hits"
