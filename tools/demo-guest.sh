@@ -170,7 +170,7 @@ devices { obtain_device_list_from_udev = 0 use_devicesfile = 0
 activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
 backup { backup = 0 archive = 0 }
 EOF
-export LVM_SYSTEM_DIR=$W/lvm
+export LVM_SYSTEM_DIR=$W/lvm LVM_SUPPRESS_FD_WARNINGS=1
 truncate -s $((DEMO_SIZE + 16))M "$W/pv.img"
 PV=$(losetup -f --show "$W/pv.img") || finish
 run pvcreate -q "$PV"

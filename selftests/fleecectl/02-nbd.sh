@@ -18,7 +18,7 @@ fleece_modprobe nbd
 ip link set lo up 2>/dev/null
 
 MIB=32
-ktap_plan 21
+ktap_plan 23
 dir=$(fleece_tmpdir)
 loop=$(fleece_loopdev ${MIB}M) || ktap_bail "no loop device"
 
@@ -57,6 +57,12 @@ qemu-img convert -f raw -O raw "$uri" "$dir/qemu.img" 2>"$dir/err"
 ktap_result "qemu-img convert from the URI" $? || ktap_diag "$(cat "$dir/err")"
 ktap_result "the qemu-nbd backup equals the point in time" \
 	"$([ "$(sha256sum <"$dir/qemu.img" | cut -d' ' -f1)" = "$ref" ]; echo $?)"
+fc backup nbdt --to "$dir/fc.img" --no-progress
+ktap_result "fleecectl backup equals the point in time too" \
+	"$([ $FC_RC = 0 ] && [ "$(sha256sum <"$dir/fc.img" | cut -d' ' -f1)" = "$ref" ]; echo $?)" ||
+	ktap_diag "$FC_OUT"
+ktap_result "... and is sparse ($(du -k "$dir/fc.img" | cut -f1) KiB allocated of $((MIB * 1024)))" \
+	"$([ "$(du -k "$dir/fc.img" | cut -f1)" -lt $((MIB * 1024 / 2)) ]; echo $?)"
 ktap_result "the origin has changed since (the writer ran: $(writer_count) writes)" \
 	"$([ "$(dev_sha $origin)" != "$ref" ]; echo $?)"
 

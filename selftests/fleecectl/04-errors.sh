@@ -8,7 +8,7 @@
 #   7 program missing, 8 snapshot invalid, 9 read error (released chunk).
 . "$(dirname "$0")/common.bash"
 
-ktap_plan 31
+ktap_plan 36
 dir=$(fleece_tmpdir)
 loop=$(fleece_loopdev 32M) || ktap_bail "no loop device"
 other=$(fleece_loopdev 32M) || ktap_bail "no loop device"
@@ -76,4 +76,14 @@ fc end errt
 fc snapshot errt --exception "$dir/full.cow" --size 1M
 dd if=/dev/urandom of=/dev/mapper/errt bs=1M count=4 oflag=direct status=none
 expect_rc "backup of a snapshot that overflowed" 8 backup errt --to "$dir/inv.img"
+
+# ---- end while the view is open ----
+exec {held}</dev/mapper/errt-view
+expect_rc "end while the view is held open" 5 end errt
+fc_ok "end --force while the view is held open" end --force errt
+ktap_result "... the holder's reads fail" "$(! dd bs=4k count=1 iflag=direct status=none <&$held >/dev/null 2>&1; echo $?)"
+exec {held}<&-
+for _ in 1 2 3 4 5 6 7 8 9 10; do dmsetup info errt-view >/dev/null 2>&1 || break; sleep 0.5; done
+ktap_result "... the view goes away on its last close" "$(! dmsetup info errt-view >/dev/null 2>&1; echo $?)"
+fc_ok "detach" detach errt
 ktap_finish

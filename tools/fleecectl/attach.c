@@ -168,7 +168,7 @@ static int attach_in_place(const struct attach_opts *o, const struct dmx_info *d
 	if (dmx_load(dev->name, &new)) {
 		r = err(dmx_errno == EBUSY ? EXIT_BUSY : EXIT_FAIL, dev->name,
 			"the kernel refused the fleece table: %s", strerror(dmx_errno));
-		hint("see the kernel log (dmesg | grep fleece)");
+		kernel_reason(dev->major, dev->minor);
 		goto out_real;
 	}
 	/* 3. swap: suspend flushes in-flight I/O and freezes a mounted fs */
@@ -248,12 +248,17 @@ static int attach_on_top(const struct attach_opts *o, const char *path, const st
 	snprintf(t.t[0].type, sizeof(t.t[0].type), "%s", TARGET_ORIGIN);
 	t.t[0].params = params;
 	if (dmx_create(name, uuid, &t, 0)) {
+		struct dmx_info ni;
+
 		r = err(dmx_errno == EBUSY ? EXIT_BUSY : EXIT_FAIL, name, "cannot create the fleece origin on %s: %s",
 			path, strerror(dmx_errno));
-		hint("see the kernel log (dmesg | grep fleece)");
 		/* a failed create can leave an empty device behind */
-		if (exists(name))
+		if (dmx_info(name, &ni) == 1) {
+			kernel_reason(ni.major, ni.minor);
 			dmx_remove(name, 0, 0);
+		} else {
+			hint("the kernel log may say why: dmesg | grep fleece");
+		}
 		return r;
 	}
 	if (dm_node_path(node, sizeof(node), name))

@@ -554,3 +554,19 @@ int dm_node_path(char *buf, size_t len, const char *name)
 		return -1;
 	return stat(buf, &st) == 0 && S_ISBLK(st.st_mode) ? 0 : -1;
 }
+
+void kernel_reason(unsigned major_, unsigned minor_)
+{
+	char needle[48], line[512];
+	const char *m;
+
+	snprintf(needle, sizeof(needle), "%u:%u: fleece", major_, minor_);
+	if (!kmsg_last(needle, line, sizeof(line))) {
+		hint("the kernel log may say why: dmesg | grep fleece");
+		return;
+	}
+	/* "device-mapper: table: 253:2: fleece-view: Cannot ... (-EBUSY)" */
+	m = strstr(line, needle);
+	m = m ? strchr(m + strlen(needle), ':') : NULL;
+	hint("the kernel says: %s", m ? m + 2 : line);
+}

@@ -319,6 +319,14 @@ int cmd_snapshot(int argc, char **argv)
 		r = err(dmx_errno == EBUSY ? EXIT_BUSY : EXIT_FAIL, s.view, "cannot create: %s", strerror(dmx_errno));
 		goto fail_exc;
 	}
+	{
+		struct dmx_info vi;
+
+		if (dmx_info(s.view, &vi) == 1) {
+			s.view_major = vi.major;
+			s.view_minor = vi.minor;
+		}
+	}
 	o.vt.origin_major = s.origin_major;
 	o.vt.origin_minor = s.origin_minor;
 	o.vt.exc_major = e.major;
@@ -334,17 +342,14 @@ int cmd_snapshot(int argc, char **argv)
 	t.t[0].params = params;
 	vmsg("%s: 0 %" PRIu64 " %s %s", s.view, s.size_sectors, TARGET_VIEW, params);
 	if (dmx_load(s.view, &t)) {
-		if (dmx_errno == EBUSY) {
-			err(EXIT_BUSY, s.view, "the kernel refused the view: the origin %s has a view already", s.origin);
+		if (dmx_errno == EBUSY)
 			r = EXIT_BUSY;
-		} else if (dmx_errno == ENOSPC) {
-			err(EXIT_NOSPACE, s.view, "the kernel refused the view: exception store %s too small", e.dev);
+		else if (dmx_errno == ENOSPC)
 			r = EXIT_NOSPACE;
-		} else {
-			err(EXIT_FAIL, s.view, "the kernel refused the view: %s", strerror(dmx_errno));
+		else
 			r = EXIT_FAIL;
-		}
-		hint("the kernel log says why: dmesg | grep fleece");
+		err(r, s.view, "the kernel refused the view: %s", strerror(dmx_errno));
+		kernel_reason(s.view_major, s.view_minor);
 		goto fail_view;
 	}
 	/* the view holds the loop device now; autoclear frees it with the view */
@@ -371,7 +376,7 @@ int cmd_snapshot(int argc, char **argv)
 	 */
 	if (dmx_resume_nowait(s.view, UDEV_FLAGS_VIEW, &cookie)) {
 		r = err(EXIT_FAIL, s.view, "cannot start the snapshot: %s", strerror(dmx_errno));
-		hint("the kernel log says why: dmesg | grep fleece");
+		kernel_reason(s.view_major, s.view_minor);
 		if (dmx_resume_nowait(s.origin, 0, &cookie))
 			hint("%s is left suspended: 'dmsetup resume %s'", s.origin, s.origin);
 		dmx_udev_wait(cookie);

@@ -436,3 +436,30 @@ int is_all_zero(const void *buf, size_t len)
 	/* compare the buffer with itself shifted by one byte */
 	return p[0] == 0 && memcmp(p, p + 1, len - 1) == 0;
 }
+
+int kmsg_last(const char *needle, char *out, size_t len)
+{
+	char rec[1024];
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC), found = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return 0;
+	for (;;) {
+		n = read(fd, rec, sizeof(rec) - 1);
+		if (n < 0 && errno == EPIPE)
+			continue;	/* overwritten record: go on */
+		if (n <= 0)
+			break;
+		rec[n] = 0;
+		rec[strcspn(rec, "\n")] = 0;	/* drop continuation lines */
+		if (strstr(rec, needle)) {
+			const char *m = strchr(rec, ';');
+
+			snprintf(out, len, "%s", m ? m + 1 : rec);
+			found = 1;
+		}
+	}
+	close(fd);
+	return found;
+}
