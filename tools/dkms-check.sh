@@ -19,7 +19,11 @@ top=$src/build/dkms
 rm -rf "$top"
 mkdir -p "$top/source/$name-$ver" "$top/tree" "$top/install" "$top/keys"
 # Exactly what tools/install.sh puts in /usr/src/$name-$ver.
-cp -a "$src/dkms.conf" "$src/Kbuild" "$src/dm-fleece" "$src/include" "$top/source/$name-$ver/"
+# (include/ may be absent: git keeps no empty directory.)
+for item in dkms.conf Kbuild dm-fleece include; do
+	[ -e "$src/$item" ] && cp -a "$src/$item" "$top/source/$name-$ver/"
+done
+
 find "$top/source" \( -name '*.o' -o -name '*.ko' -o -name '.*.cmd' \) -delete
 
 # dkms reads these from the environment unless framework.conf sets them.

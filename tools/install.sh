@@ -39,7 +39,10 @@ install)
 			dkms remove -m "$name" -v "$ver" --all >/dev/null
 		rm -rf "$usrc"
 		mkdir -p "$usrc"
-		cp -a dkms.conf Kbuild dm-fleece include "$usrc/"
+		for item in dkms.conf Kbuild dm-fleece include; do
+			[ -e "$item" ] && cp -a "$item" "$usrc/"
+		done
+
 		find "$usrc" \( -name '*.o' -o -name '*.ko' -o -name '.*.cmd' \) -delete
 		dkms add -m "$name" -v "$ver"
 		for k in $(tools/vm/kernels.sh all); do
