@@ -172,8 +172,10 @@ static int attach_in_place(const struct attach_opts *o, const struct dmx_info *d
 		goto out_real;
 	}
 	/* 3. swap: suspend flushes in-flight I/O and freezes a mounted fs */
-	if (dmx_suspend(dev->name, 1)) {
+	critical_begin();
+	if (dmx_suspend(dev->name, 1) && (dmx_errno != EBUSY || dmx_suspend(dev->name, 0))) {
 		r = err(EXIT_FAIL, dev->name, "cannot suspend: %s", strerror(dmx_errno));
+		critical_end();
 		dmx_clear(dev->name);
 		goto out_real;
 	}
@@ -181,11 +183,14 @@ static int attach_in_place(const struct attach_opts *o, const struct dmx_info *d
 		r = err(EXIT_FAIL, dev->name, "cannot resume with the fleece table: %s", strerror(dmx_errno));
 		/* put the old table back */
 		if (dmx_load(dev->name, &old) || dmx_resume(dev->name, 0)) {
+			critical_end();
 			hint("the device is left suspended: restore it with 'dmsetup resume %s'", dev->name);
 			goto out;
 		}
+		critical_end();
 		goto out_real;
 	}
+	critical_end();
 	msg("attached %s in place as fleece \"%s\" (chunk size %u KiB); its path keeps working",
 	    dev->name, name, o->chunk_sectors / 2);
 	msg("old table moved to %s/%s; next: %s snapshot %s --exception FILE|DEVICE",

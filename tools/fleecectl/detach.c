@@ -91,16 +91,20 @@ int cmd_detach(int argc, char **argv)
 			r = err(EXIT_FAIL, s.origin, "cannot load the saved table back: %s", strerror(dmx_errno));
 			goto out;
 		}
-		if (dmx_suspend(s.origin, 1)) {
+		critical_begin();
+		if (dmx_suspend(s.origin, 1) && (dmx_errno != EBUSY || dmx_suspend(s.origin, 0))) {
 			r = err(EXIT_FAIL, s.origin, "cannot suspend: %s", strerror(dmx_errno));
+			critical_end();
 			dmx_clear(s.origin);
 			goto out;
 		}
 		if (dmx_resume(s.origin, 0)) {
+			critical_end();
 			r = err(EXIT_FAIL, s.origin, "cannot resume with the saved table: %s", strerror(dmx_errno));
 			hint("it may be left suspended: 'dmsetup resume %s'", s.origin);
 			goto out;
 		}
+		critical_end();
 	} else {
 		warn_msg(s.real, "no device uses it any more (an interrupted attach?); removing it");
 	}

@@ -115,6 +115,12 @@ int pid_matches(pid_t pid, const char *needle1, const char *needle2);
 /* Node path of a dm device: dm_dir()/name, created if missing. */
 int dm_node_path(char *buf, size_t len, const char *name);
 int is_all_zero(const void *buf, size_t len);
+/*
+ * Around a suspend/resume pair: no signal may leave a device suspended,
+ * and no page fault may wait for it (fleecectl itself may live on it).
+ */
+void critical_begin(void);
+void critical_end(void);
 /* The last kernel log line containing needle (e.g. "253:2: fleece"); 1 if any. */
 int kmsg_last(const char *needle, char *out, size_t len);
 /* After a refused table load of dm device major:minor: print the kernel's reason. */

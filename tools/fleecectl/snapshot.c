@@ -359,6 +359,7 @@ int cmd_snapshot(int argc, char **argv)
 	}
 
 	/* 2..4: the point in time */
+	critical_begin();
 	if (dmx_suspend(s.origin, 1)) {
 		/*
 		 * EBUSY: the file system on it is frozen already (fsfreeze), and
@@ -366,6 +367,7 @@ int cmd_snapshot(int argc, char **argv)
 		 */
 		if (dmx_errno != EBUSY || dmx_suspend(s.origin, 0)) {
 			r = err(EXIT_FAIL, s.origin, "cannot suspend: %s", strerror(dmx_errno));
+			critical_end();
 			goto fail_view;
 		}
 		vmsg("%s: its file system is frozen already; suspended without freezing it", s.origin);
@@ -379,15 +381,18 @@ int cmd_snapshot(int argc, char **argv)
 		kernel_reason(s.view_major, s.view_minor);
 		if (dmx_resume_nowait(s.origin, 0, &cookie))
 			hint("%s is left suspended: 'dmsetup resume %s'", s.origin, s.origin);
+		critical_end();
 		dmx_udev_wait(cookie);
 		goto fail_view;
 	}
 	if (dmx_resume_nowait(s.origin, 0, &cookie)) {
+		critical_end();
 		r = err(EXIT_FAIL, s.origin, "cannot resume after the snapshot: %s", strerror(dmx_errno));
 		hint("the snapshot exists; resume the origin with 'dmsetup resume %s'", s.origin);
 		dmx_udev_wait(cookie);
 		return r;
 	}
+	critical_end();
 	dmx_udev_wait(cookie);
 
 	set_refresh(&s);

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -462,4 +464,34 @@ int kmsg_last(const char *needle, char *out, size_t len)
 	}
 	close(fd);
 	return found;
+}
+
+static sigset_t crit_saved;
+static int crit_depth;
+
+void critical_begin(void)
+{
+	sigset_t block;
+
+	if (crit_depth++)
+		return;
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGQUIT);
+	sigaddset(&block, SIGTSTP);
+	sigaddset(&block, SIGPIPE);
+	sigprocmask(SIG_BLOCK, &block, &crit_saved);
+	/* a page fault served by the suspended device would never return */
+	if (mlockall(MCL_CURRENT | MCL_FUTURE))
+		vmsg("mlockall: %s (continuing)", strerror(errno));
+}
+
+void critical_end(void)
+{
+	if (!crit_depth || --crit_depth)
+		return;
+	munlockall();
+	sigprocmask(SIG_SETMASK, &crit_saved, NULL);
 }
