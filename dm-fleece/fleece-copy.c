@@ -603,8 +603,14 @@ static void process_writes(struct fleece_core *core)
 
 	spin_lock_irq(&core->lock);
 	if (core->recheck_readers) {
+		/*
+		 * Out of the list first: a write that another view read still
+		 * blocks goes back on it and must not be seen again here.
+		 */
 		core->recheck_readers = false;
 		while ((bio = __fleece_pop_write(core, &core->reader_blocked)))
+			bio_list_add(&pending, bio);
+		while ((bio = bio_list_pop(&pending)))
 			__sort_write(core, bio, &issue, &fail);
 	}
 	if (core->recheck_deferred) {

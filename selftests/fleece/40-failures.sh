@@ -80,14 +80,14 @@ origin_kept() {
 		<(dd if="$tmp/ref" bs=4096 skip=10 count=3 status=none)
 }
 
-# expect_fast DESC: no write of the last scenario waited for the 10 s
+# expect_fast DESC: no write of the last scenario waited for the 6 s
 # exception write.
 expect_fast() {
-	if (($(echo "$slowest < 8" | bc))); then
+	if (($(echo "$slowest < 4.5" | bc))); then
 		ktap_ok "$1 (slowest ${slowest}s)"
 	else
 		ktap_fail "$1"
-		ktap_diag "the slowest write took ${slowest}s; the exception write takes 10 s"
+		ktap_diag "the slowest write took ${slowest}s; the exception write takes 6 s"
 	fi
 }
 
@@ -165,14 +165,14 @@ fleece_expect_field rd-w-v error origin_io "origin read error, break_write: the 
 origin_kept "origin read error, break_write: the origin kept its old data"
 cleanup_scenario rd-w
 
-# 4. Copy timeout: the exception device takes 10 s per write, the limit
+# 4. Copy timeout: the exception device takes 6 s per write, the limit
 #    is 300 ms.
-scenario to-w break_write "0 $osz delay $e 0 0 $e 0 10000" "" "cbw_timeout_ms 300"
+scenario to-w break_write "0 $osz delay $e 0 0 $e 0 6000" "" "cbw_timeout_ms 300"
 expect_write_failed to-w timeout "copy timeout"
 expect_fast "copy timeout, break_write: writes fail at the timeout, not after the slow copy"
 cleanup_scenario to-w
 
-scenario to-s break_snapshot "0 $osz delay $e 0 0 $e 0 10000" "" "cbw_timeout_ms 300"
+scenario to-s break_snapshot "0 $osz delay $e 0 0 $e 0 6000" "" "cbw_timeout_ms 300"
 expect_broken to-s timeout "copy timeout"
 expect_fast "copy timeout, break_snapshot: writes do not wait for the exception write"
 cleanup_scenario to-s

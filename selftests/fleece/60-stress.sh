@@ -28,9 +28,12 @@ run() {
 	origin=$(fleece_origin st-o-$cs "$o" "$cs")
 	fleece_snapshot_ref "$origin" "$tmp/ref"
 	view=$(fleece_view st-v-$cs st-o-$cs "$e" 2 cbw_error "$policy")
-	out=$("$FLEECE_IO" stress --origin "$origin" --view "$view" --ref "$tmp/ref" \
+	# A run that does not end on time has a hung bio: show where.
+	out=$(timeout -s KILL $((SECONDS_EACH + 120)) "$FLEECE_IO" stress \
+		--origin "$origin" --view "$view" --ref "$tmp/ref" \
 		--seconds "$SECONDS_EACH" --writers 2 --readers 2 --seed "$cs" 2>&1)
 	local rc=$?
+	[ $rc -eq 137 ] && fleece_dump_hang st-o-$cs st-v-$cs
 	ktap_result "chunk $cs, $policy: ${SECONDS_EACH}s of random writes, every view read equals the snapshot" $rc
 	ktap_diag "$out"
 	ktap_diag "status: $(dmsetup status st-v-$cs)"

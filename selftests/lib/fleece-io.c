@@ -46,6 +46,7 @@ static unsigned long long stamp_min, stamp_max;
 static unsigned long long dev_bytes;
 static int ref_fd;
 static volatile int stop;
+static int no_zeroes;	/* FLEECE_IO_NO_ZEROES: no BLKZEROOUT */
 
 static atomic_ullong reads_checked, blocks_checked, mismatches, read_errors;
 static atomic_ullong writes_done, discards_done, zeroes_done, write_errors;
@@ -130,6 +131,8 @@ static void *writer(void *arg)
 		unsigned int kind = xorshift(&s) % 16;
 
 		pick_range(&s, max_write, &off, &len);
+		if (kind == 1 && no_zeroes)
+			kind = 0;
 		if (kind == 0 || kind == 1) {
 			/* Discard and write-zeroes want whole 4 KiB blocks. */
 			range[0] = off & ~(BLOCK - 1);
@@ -365,6 +368,7 @@ int main(int argc, char **argv)
 		default: return 2;
 		}
 	}
+	no_zeroes = getenv("FLEECE_IO_NO_ZEROES") != NULL;
 	if (max_write < BLOCK)
 		max_write = BLOCK;
 	if (!strcmp(mode, "stress"))

@@ -56,6 +56,20 @@ fleece_wait_field() {
 	return 1
 }
 
+# fleece_dump_hang DM_NAME...: diagnostics for a hung I/O, as TAP comments
+# and in the kernel log (blocked tasks).
+fleece_dump_hang() {
+	local n p
+	for n in "$@"; do
+		ktap_diag "status $n: $(dmsetup status "$n" 2>&1)"
+	done
+	for p in /proc/[0-9]*; do
+		grep -qE 'fleece-io|kworker.*fleece|kfleeced' "$p/comm" 2>/dev/null || continue
+		ktap_diag "$(cat "$p/comm") $(cat "$p/wchan" 2>/dev/null): $(tr '\n' ' ' <"$p/stack" 2>/dev/null)"
+	done
+	echo w >/proc/sysrq-trigger 2>/dev/null
+}
+
 # fleece_fill DEV [SEED]: fill a block device with pseudo-random data.
 fleece_fill() {
 	"$FLEECE_IO" fill --dev "$1" --seed "${2:-1}"
