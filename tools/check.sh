@@ -73,6 +73,26 @@ kill_guest() {
 	sleep 3
 	kill -KILL -- "-$qpid" ${qemu:+"$qemu"} 2>/dev/null
 }
+# nmi_guest RUN: a hung guest gets an NMI through the QEMU monitor, which
+# panics it (unknown_nmi_panic) with all CPUs' backtraces on the console;
+# wait a little for QEMU to exit by itself.
+nmi_guest() {
+	local i
+	[ -S "$1/monitor.sock" ] || return 0
+	python3 - "$1/monitor.sock" <<'PY' >/dev/null 2>&1
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+time.sleep(0.5)
+s.sendall(b"nmi\n")
+time.sleep(1)
+PY
+	for i in $(seq 20); do
+		kill -0 "$qpid" 2>/dev/null || return 0
+		sleep 1
+	done
+}
 on_exit() {
 	[ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null && kill_guest
 }
@@ -277,6 +297,7 @@ run_guest() {
 		fi
 		if [ "$SECONDS" -gt "$deadline" ]; then
 			hang="no progress from the guest (state: ${st:-not booted}) for too long: QEMU killed"
+			nmi_guest "$run"
 			kill_guest
 			break
 		fi
@@ -294,10 +315,11 @@ run_guest() {
 	if [ ! -f "$run/exit" ]; then
 		# The guest did not finish: panic, hang or QEMU died.
 		local why
-		if grep -q 'Kernel panic' "$run/console.log" 2>/dev/null; then
-			why="kernel panic"
-		elif [ -n "$hang" ]; then
+		if [ -n "$hang" ]; then
 			why=$hang
+		elif grep -q 'Kernel panic' "$run/console.log" 2>/dev/null; then
+			why="kernel panic"
+
 		elif [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 			why="QEMU timed out"
 		else

@@ -69,7 +69,10 @@ truncate -s "${VM_SCRATCH_SIZE:-4G}" "$scratch"
 
 # panic=-1: reboot at once on panic, which -no-reboot turns into an exit.
 # loglevel=5: warnings and worse also reach the console log.
+# unknown_nmi_panic + panic_print=0x40: an NMI from the monitor (a watchdog
+# that finds the guest hung) panics it with every CPU's backtrace.
 append="console=ttyS0 rdinit=/init panic=-1 softlockup_panic=0 loglevel=5"
+append+=" unknown_nmi_panic panic_print=0x40"
 append+=" mitigations=off fleece_out=$out fleece_run=$script ${VM_APPEND:-}"
 
 qemu=(qemu-system-x86_64 -nodefaults -no-reboot -display none
@@ -91,7 +94,9 @@ else
 	# group (tools/check.sh's watchdog) kills QEMU too; OUT/qemu.pid names it.
 	: >"$out/console.log"
 	timeout --foreground -k 10 "${VM_TIMEOUT:-3600}" "${qemu[@]}" \
-		-serial "file:$out/console.log" -pidfile "$out/qemu.pid" </dev/null || rc=$?
+		-serial "file:$out/console.log" -pidfile "$out/qemu.pid" \
+		-monitor "unix:$out/monitor.sock,server=on,wait=off" </dev/null || rc=$?
+
 fi
 exit $rc
 
