@@ -78,11 +78,12 @@ fi
 
 # run CMD...: print the command and its output; a failure ends the demo.
 run() {
-	local out rc
+	local out rc t0=$SECONDS
 	say "\$ $*"
 	out=$("$@" 2>&1)
 	rc=$?
 	[ -n "$out" ] && printf '%s\n' "$out" | show
+	[ "$DEMO_TAP" = 1 ] && [ $((SECONDS - t0)) -gt 2 ] && say "(took $((SECONDS - t0))s)"
 	if [ $rc -ne 0 ]; then
 		check_result "$* (exit $rc)" 1
 		finish
@@ -158,7 +159,9 @@ if [ ! -d /sys/module/dm_fleece ]; then
 fi
 modprobe -q loop
 modprobe -q ext4
-modprobe -q nbd
+modprobe -q nbd nbds_max=2
+# nbd-client's TLS library waits for the kernel's random pool: feed it
+modprobe -q virtio_rng 2>/dev/null
 ip link set lo up 2>/dev/null
 rm -rf "$W"
 mkdir -p "$W/lvm" "$MNT"
@@ -198,7 +201,7 @@ step "2. a writer that keeps changing the volume"
 		fi
 		echo "$i" >"$W/writer.count"
 		i=$((i + 1))
-		sleep 0.1
+		sleep 0.3
 	done
 ) &
 WRITER_PID=$!
@@ -255,14 +258,18 @@ say "the writer has written $(cat "$W/writer.count") files by now"
 # ---- 5. the backups are the point in time ----------------------------------
 
 step "5. every backup matches the point-in-time checksum"
-for b in qemu nbd fleecectl; do
-	got=$(sha_file "$W/backup-$b.img")
-	say "backup-$b.img: $got"
-	check_result "backup over ${b/fleecectl/fleecectl backup} equals the point in time" \
-		"$([ "$got" = "$REF" ]; echo $?)"
+got=$(sha_file "$W/backup-qemu.img")
+say "backup-qemu.img: $got"
+check_result "backup over qemu-nbd (qemu-img convert) equals the point in time" "$([ "$got" = "$REF" ]; echo $?)"
+for b in nbd fleecectl; do
+	# the same bytes as backup-qemu.img, hence the same checksum
+	cmp -s "$W/backup-qemu.img" "$W/backup-$b.img"
+	rc=$?
+	[ $rc -eq 0 ] && say "backup-$b.img: $got"
+	check_result "backup over ${b/nbd/nbd-server (nbd-client)} equals the point in time" $rc
 done
-now=$(sha $DEV)
-check_result "the origin has moved on since (the writer kept writing)" "$([ "$now" != "$REF" ]; echo $?)"
+cmp -s "$DEV" "$W/backup-qemu.img"
+check_result "the origin has moved on since (the writer kept writing)" "$([ $? -ne 0 ]; echo $?)"
 
 # ---- 6. the backup is a clean file system ----------------------------------
 

@@ -14,7 +14,9 @@
 . "$(dirname "$0")/common.bash"
 
 fleece_require qemu-nbd qemu-img qemu-io nbdinfo nbd-server nbd-client
-fleece_modprobe nbd
+fleece_modprobe nbd nbds_max=2
+# nbd-client's TLS library waits for the kernel's random pool: feed it
+modprobe -q virtio_rng 2>/dev/null
 ip link set lo up 2>/dev/null
 
 MIB=32
