@@ -110,7 +110,7 @@ case $out in /tmp/* | /run/*)
 esac
 rm -rf "$out/fio" "$out/slabinfo"
 rm -f "$out"/{runs.tsv,mem.tsv,done,fatal,progress.log,guest.log,env.txt,module-loaded} \
-	"$out"/{skipped-for-time,checks.tsv} \
+	"$out"/{skipped-for-time,checks.tsv,host-load.txt} \
 	"$out"/results.{md,json} "$out"/chart.{png,dat,gp} "$out/console.log"
 
 echo "# bench: kernel $kver, QUICK=$QUICK, reps $REPS, ${RUNTIME}s per run, modes: $MODES; output in ${out#"$src"/}"
@@ -183,6 +183,9 @@ for attempt in 1 2; do
 				shown=$n
 			fi
 		fi
+		# The host's load: other guests on the same cores distort every
+		# latency (a preempted vCPU looks like a slow I/O).
+		cut -d' ' -f1 /proc/loadavg >>"$out/host-load.txt"
 		sleep 2
 	done
 	wait "$qpid"
@@ -195,6 +198,8 @@ for attempt in 1 2; do
 	[ "$attempt" = 1 ] && echo "# bench: the guest did not start; trying once more"
 done
 guest_secs=$((SECONDS - t_guest))
+echo "# bench: host load average during the guest run: $(awk '{ s += $1; if ($1 > m) m = $1 }
+	END { if (NR) printf "mean %.1f, max %.1f", s / NR, m }' "$out/host-load.txt" 2>/dev/null) on $(nproc) CPUs"
 
 if [ -f "$out/module-loaded" ]; then
 	ok "$tag: guest booted $kver and loaded dm-fleece, dm-snapshot, null_blk"
