@@ -28,7 +28,7 @@ log() { echo "deps: $*" >&2; }
 
 missing=()
 for p in $PKGS $KVER_61_PKGS; do
-	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' ||
+	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep '^install ok installed' >/dev/null ||
 		missing+=("$p")
 done
 have_612=$(ls -d /lib/modules/6.12*/build 2>/dev/null | head -n1 || true)

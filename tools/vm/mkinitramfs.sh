@@ -20,7 +20,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 busybox=/bin/busybox
 modules="virtio_pci 9pnet_virtio 9p"
 
-[ -x "$busybox" ] && "$busybox" --list | grep -qx insmod ||
+[ -x "$busybox" ] && "$busybox" --list | grep -x insmod >/dev/null ||
 	{ echo "mkinitramfs: $busybox (busybox-static) missing: run 'make deps'" >&2; exit 1; }
 
 key=$(printf '%s\n' "$kver" "$(cat "$0" "$here/init" "$busybox" | sha256sum)" | sha256sum | cut -c1-16)
