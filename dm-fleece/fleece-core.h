@@ -248,7 +248,8 @@ struct fleece_core {
 struct fleece_view {
 	struct dm_target *ti;
 	struct fleece_core *core;
-	struct dm_dev *fleece_dev;
+	dev_t fleece_devt;		/* not opened: it may be mounted */
+	char fleece_name[16];
 	struct dm_dev *origin_dev;	/* the fleece device's origin, held open */
 	struct dm_dev *exception_dev;
 	enum fleece_cbw_policy policy;

@@ -82,6 +82,18 @@ static int parse_features(struct dm_arg_set *as, struct fleece_view *view,
 	return 0;
 }
 
+static int fleece_parse_devt(const char *path, dev_t *dev)
+{
+	unsigned int major, minor;
+	char dummy;
+
+	if (sscanf(path, "%u:%u%c", &major, &minor, &dummy) == 2) {
+		*dev = MKDEV(major, minor);
+		return MAJOR(*dev) == major && MINOR(*dev) == minor ? 0 : -EOVERFLOW;
+	}
+	return lookup_bdev(path, dev);
+}
+
 /*
  * Construct a view of a fleece origin:
  *
@@ -124,17 +136,23 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 
-	r = dm_get_device(ti, fleece_path, FLEECE_OPEN_READ, &view->fleece_dev);
+	/*
+	 * Only the number of the fleece device is needed, to find its core.
+	 * It is not opened: a file system mounted on it holds it exclusively.
+	 */
+	r = fleece_parse_devt(fleece_path, &view->fleece_devt);
 	if (r) {
-		ti->error = "Cannot open the fleece device.";
+		ti->error = "The fleece device must be given as major:minor or a device path.";
 		goto bad;
 	}
+	snprintf(view->fleece_name, sizeof(view->fleece_name), "%u:%u",
+		 MAJOR(view->fleece_devt), MINOR(view->fleece_devt));
 	r = dm_get_device(ti, exception_path, FLEECE_OPEN_RW, &view->exception_dev);
 	if (r) {
 		ti->error = "Cannot open the exception device for writing.";
-		goto bad_fleece;
+		goto bad;
 	}
-	view->core = fleece_core_attach_view(view, view->fleece_dev->bdev->bd_dev,
+	view->core = fleece_core_attach_view(view, view->fleece_devt,
 					     &ti->error);
 	if (IS_ERR(view->core)) {
 		r = PTR_ERR(view->core);
@@ -164,8 +182,6 @@ bad_core:
 	fleece_core_detach_view(view->core);
 bad_exception:
 	dm_put_device(ti, view->exception_dev);
-bad_fleece:
-	dm_put_device(ti, view->fleece_dev);
 bad:
 	kfree(view);
 	return r;
@@ -179,7 +195,6 @@ static void fleece_view_dtr(struct dm_target *ti)
 	fleece_core_detach_view(view->core);
 	dm_put_device(ti, view->origin_dev);
 	dm_put_device(ti, view->exception_dev);
-	dm_put_device(ti, view->fleece_dev);
 	kfree(view);
 }
 
@@ -246,7 +261,7 @@ static void fleece_view_status(struct dm_target *ti, status_type_t type,
 		fleece_emit_status(view->core, chunk_sectors, type, result, maxlen);
 		break;
 	case STATUSTYPE_TABLE:
-		DMEMIT("%s %s", view->fleece_dev->name, view->exception_dev->name);
+		DMEMIT("%s %s", view->fleece_name, view->exception_dev->name);
 		nr_features = 2 * ((view->policy != FLEECE_BREAK_SNAPSHOT) +
 				   !!view->timeout_ms + !!view->max_copies);
 		if (!nr_features)
@@ -262,7 +277,7 @@ static void fleece_view_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
 		DMEMIT(",fleece_name=%s,exception_name=%s,cbw_error=%s,cbw_timeout_ms=%u",
-		       view->fleece_dev->name, view->exception_dev->name,
+		       view->fleece_name, view->exception_dev->name,
 		       view->policy == FLEECE_BREAK_WRITE ? "break_write" :
 		       "break_snapshot", view->timeout_ms);
 		if (sz < maxlen)
@@ -320,7 +335,7 @@ static int fleece_view_iterate_devices(struct dm_target *ti,
 				       iterate_devices_callout_fn fn, void *data)
 {
 	struct fleece_view *view = ti->private;
-	int r = fn(ti, view->fleece_dev, 0, ti->len, data);
+	int r = fn(ti, view->origin_dev, 0, ti->len, data);
 
 	if (!r)
 		r = fn(ti, view->exception_dev, 0,
