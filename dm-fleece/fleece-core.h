@@ -329,7 +329,6 @@ struct fleece_status {
 	u64 chunks_copied, chunks_released, writes_delayed;
 	u32 slots_used, nr_slots;
 	unsigned int copies_in_flight, writes_waiting;
-	size_t map_bytes;
 };
 
 void fleece_get_status(struct fleece_core *core, struct fleece_status *st);

@@ -31,7 +31,6 @@ static u32 *alloc_buckets(u32 nr)
 int fleece_emap_init(struct fleece_exception_map *map, u32 nr_slots)
 {
 	map->nr_entries = 0;
-	map->nr_pages = 0;
 	map->nr_buckets = MIN_BUCKETS;
 	map->nr_dir = DIV_ROUND_UP(nr_slots, SLOTS_PER_PAGE);
 	map->chunk_of_slot = kvcalloc(map->nr_dir, sizeof(u32 *), GFP_KERNEL);
@@ -86,7 +85,6 @@ int fleece_emap_reserve(struct fleece_exception_map *map, u32 slot,
 			(u32 *)get_zeroed_page(GFP_NOIO | __GFP_NOWARN);
 		if (!map->chunk_of_slot[page])
 			return -ENOMEM;
-		map->nr_pages++;
 	}
 
 	/* Keep the load factor at or below 3/4 so probes stay short. */
@@ -171,11 +169,4 @@ u32 fleece_emap_remove(struct fleece_exception_map *map, u32 chunk)
 	map->buckets[i] = 0;
 	map->nr_entries--;
 	return slot;
-}
-
-size_t fleece_emap_bytes(const struct fleece_exception_map *map)
-{
-	return (size_t)map->nr_buckets * sizeof(u32) +
-	       (size_t)map->nr_dir * sizeof(u32 *) +
-	       (size_t)map->nr_pages * PAGE_SIZE;
 }

@@ -28,7 +28,6 @@ struct fleece_exception_map {
 	u32 nr_entries;
 	u32 **chunk_of_slot;	/* directory of pages of slot -> chunk */
 	u32 nr_dir;
-	u32 nr_pages;		/* pages allocated in chunk_of_slot */
 };
 
 /* Process context; sizes the directory for @nr_slots.  Returns 0 or -ENOMEM. */
@@ -52,8 +51,5 @@ u32 fleece_emap_lookup(const struct fleece_exception_map *map, u32 chunk);
 void fleece_emap_insert(struct fleece_exception_map *map, u32 chunk, u32 slot);
 /* Under the lock.  Returns the slot @chunk had or FLEECE_NO_SLOT. */
 u32 fleece_emap_remove(struct fleece_exception_map *map, u32 chunk);
-
-/* Bytes of memory the map uses now, for the memory-usage status. */
-size_t fleece_emap_bytes(const struct fleece_exception_map *map);
 
 #endif /* DM_FLEECE_EXCEPTION_MAP_H */

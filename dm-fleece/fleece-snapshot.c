@@ -559,7 +559,6 @@ void fleece_get_status(struct fleece_core *core, struct fleece_status *st)
 		st->slots_used = s->slots_used;
 		st->nr_slots = s->nr_slots;
 		st->copies_in_flight = s->copies_in_flight;
-		st->map_bytes = fleece_emap_bytes(&s->map);
 	}
 	spin_unlock_irq(&core->lock);
 }
