@@ -381,7 +381,8 @@ w_steady() {
 }
 
 # Workload 5: 1 MiB sequential reads of the image (linear: of the device
-# itself), idle, then while 4 KiB random writes (psync) run on the origin.
+# itself), idle, then while 4 KiB random writes (psync, LOAD_IOPS a second
+# for every contender) run on the origin.
 w_viewread() {
 	local ckb=$((DEFAULT_CHUNK / 2)) c
 	for c in $(rotate "$REP" linear snapN snapP fleece); do
@@ -393,7 +394,7 @@ w_viewread() {
 			--name=reader --filename="$RDEV" --rw=read --bs=1M --ioengine=libaio \
 			--iodepth=4 --size="${REGION_MB}M" \
 			--name=writer --filename="$WDEV" --rw=randwrite --bs=4k --ioengine=psync \
-			--size="${REGION_MB}M"
+			--rate_iops="${LOAD_IOPS:-100}" --size="${REGION_MB}M"
 	done
 	teardown
 }

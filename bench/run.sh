@@ -24,9 +24,10 @@
 #                  working tree
 #   BENCH_SAVE=1   also copy results.{md,json} and chart.png to
 #                  bench/results/KVER/ (to commit a reference run)
-#   BENCH_REPS, BENCH_RUNTIME, BENCH_MODES ("mem ssd"), BENCH_SSD_NSEC:
-#                  override repetitions, seconds per run, device modes and
-#                  the ssd mode's completion latency
+#   BENCH_REPS, BENCH_RUNTIME, BENCH_MODES ("mem ssd"), BENCH_SSD_NSEC,
+#   BENCH_LOAD_IOPS: override repetitions, seconds per run, device modes,
+#                  the ssd mode's completion latency and the rate of the
+#                  writer under workload 5's loaded read (100/s)
 #   VM_MEM, VM_SMP, VM_TIMEOUT  passed to tools/vm/boot.sh
 set -uo pipefail
 
@@ -93,6 +94,10 @@ fi
 # QUICK: ssd first, so that a busy host skips the memory probe, not a mode.
 if [ "$QUICK" = 1 ]; then MODES=${BENCH_MODES:-ssd mem}; else MODES=${BENCH_MODES:-mem ssd}; fi
 SSD_NSEC=${BENCH_SSD_NSEC:-50000}
+# Workload 5's background writer: a fixed rate that every contender keeps up
+# with (dm-snapshot P reaches ~170/s here), so that each image read is timed
+# under the same write load, not under whatever load its contender lets in.
+LOAD_IOPS=${BENCH_LOAD_IOPS:-100}
 DEFAULT_CHUNK=8		# sectors: 4 KiB, the chunk of workloads 2, 4, 5
 MEM_CHUNK=8
 export VM_MEM VM_TIMEOUT
@@ -149,7 +154,7 @@ fi
 	for v in QUICK kver ORIGIN_MB EXC_MB REGION_MB STEADY_MB MEM_RAND_MB MEM_RAND_CHUNKS MEM_MB \
 		CHUNKS_KB SEQ_CHUNKS_KB \
 		W1_MAX_IOS REPS MEM_REPS RUNTIME MODES MEM_WORKLOADS SSD_WORKLOADS SSD_NSEC \
-		DEFAULT_CHUNK MEM_CHUNK SKIP_KINDS MEM_SETTLE TIME_BUDGET; do
+		DEFAULT_CHUNK MEM_CHUNK SKIP_KINDS MEM_SETTLE TIME_BUDGET LOAD_IOPS; do
 		printf '%s=%q\n' "$v" "${!v}"
 	done
 	printf 'SRC=%q\n' "$src"

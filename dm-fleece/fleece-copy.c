@@ -6,8 +6,13 @@
  * writes (and view reads) that waited for it.  It also performs releases
  * and enforces the copy timeout.
  *
- * Only the worker mutates the exception map and allocates jobs and pages,
- * so map() never sleeps and the map can grow without holding the spinlock.
+ * The common path takes no trip through the worker but one: map() starts
+ * the copy when it can do so without sleeping and without the reserves
+ * (__fleece_start_copy_now()), the worker submits the exception write and
+ * releases the writes once the old data is in memory, and the completion of
+ * the exception write finishes the copy itself when nothing waits on it and
+ * the exception map has room (__finish_write_now()).  Everything else that
+ * needs memory, and every unusual case, is the worker's.
  * Copies in flight are bounded by snap->max_copies; writes beyond the bound
  * stay on core->deferred_writes until a copy finishes.
  */
@@ -20,6 +25,11 @@
 
 /* Chunks released under one hold of the spinlock. */
 #define FLEECE_RELEASE_BATCH	4096U
+/*
+ * map() starts copies of chunks up to this size itself: it allocates their
+ * buffers with the spinlock held, which must stay short.
+ */
+#define FLEECE_MAP_COPY_MAX_PAGES	16U
 
 void fleece_submit_list(struct bio_list *issue, struct bio_list *fail)
 {
@@ -176,16 +186,10 @@ static void __sort_read(struct fleece_core *core, struct bio *bio,
 		bio_list_add(fail, bio);
 }
 
-/*
- * Takes @job out of the snapshot (core->lock held) and routes what waited on
- * it.  The caller frees the job after dropping the lock.
- */
-static void __retire_job(struct fleece_core *core, struct fleece_copy_job *job,
-			 struct bio_list *issue, struct bio_list *fail)
+/* Takes @job out of the snapshot (core->lock held). */
+static void __unlink_job(struct fleece_core *core, struct fleece_copy_job *job)
 {
 	struct fleece_snapshot *s = job->snap;
-	struct bio_list reads = job->waiting_reads;
-	struct bio *bio;
 
 	fleece_range_remove(&job->range, &s->copies);
 	list_del(&job->age_entry);
@@ -195,7 +199,19 @@ static void __retire_job(struct fleece_core *core, struct fleece_copy_job *job,
 	if (job->failed)
 		s->copies_failed--;
 	core->recheck_deferred = true;
+}
 
+/*
+ * Takes @job out of the snapshot (core->lock held) and routes what waited on
+ * it.  The caller frees the job after dropping the lock.
+ */
+static void __retire_job(struct fleece_core *core, struct fleece_copy_job *job,
+			 struct bio_list *issue, struct bio_list *fail)
+{
+	struct bio_list reads = job->waiting_reads;
+	struct bio *bio;
+
+	__unlink_job(core, job);
 	while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
 		__sort_write(core, bio, issue, fail);
 	bio_list_init(&job->waiting_reads);
@@ -218,8 +234,45 @@ static void put_job_resources(struct fleece_copy_job *job)
 	if (job->bio) {
 		bio_put(job->bio);
 		job->bio = NULL;
-		atomic_dec(&job->snap->copies_in_io);
 	}
+	/* Last: the reserves are whole again before the count says so. */
+	if (job->on_reserve) {
+		job->on_reserve = false;
+		atomic_dec(&job->snap->reserve_holders);
+	}
+}
+
+/*
+ * Completes a copy whose exception write landed, from the write's completion
+ * (core->lock held), when that needs neither memory nor a submission: the
+ * chunk is still wanted, no bio waits on the job, and the exception map has
+ * room.  Returns false, and the worker does it, otherwise.  The job is freed
+ * under the lock: snapshot_end() takes the lock before it frees the pools.
+ * No wake_up(&core->copies_done): the snapshot is active, so
+ * fleece_snapshot_end() is not waiting.
+ */
+static bool __finish_write_now(struct fleece_core *core,
+			       struct fleece_copy_job *job)
+{
+	struct fleece_snapshot *s = job->snap;
+
+	if (job->status || job->failed || job->chunk_released ||
+	    core->state != FLEECE_ACTIVE || s->map_growing ||
+	    !bio_list_empty(&job->waiting_writes) ||
+	    !bio_list_empty(&job->waiting_reads) ||
+	    !fleece_emap_has_room(&s->map, job->slot))
+		return false;
+
+	fleece_emap_insert(&s->map, job->chunk, job->slot);
+	__clear_bit(job->chunk, s->needs_copy);
+	s->chunks_copied++;
+	job->slot = FLEECE_NO_SLOT;
+	__unlink_job(core, job);
+	/* A copy is free now: writes or parked jobs may wait for one. */
+	if (!bio_list_empty(&core->deferred_writes) || !list_empty(&s->jobs_to_start))
+		fleece_kick(core);
+	mempool_free(job, &s->job_pool);
+	return true;
 }
 
 static void copy_endio(struct bio *bio)
@@ -234,6 +287,10 @@ static void copy_endio(struct bio *bio)
 		put_job_resources(job);
 	}
 	spin_lock_irqsave(&core->lock, flags);
+	if (job->writing && __finish_write_now(core, job)) {
+		spin_unlock_irqrestore(&core->lock, flags);
+		return;
+	}
 	list_add_tail(&job->work_entry, &core->finished_jobs);
 	/* Under the lock: once it is dropped the core may go away. */
 	fleece_kick(core);
@@ -261,24 +318,42 @@ static void add_job_pages(struct fleece_copy_job *job, struct bio *bio)
 }
 
 /*
- * Gets @job's buffers and bio, all or nothing.  While other copies hold
- * buffers it does not wait: they are only given back by copies that this
- * worker has to drive on, so it parks the job instead.  With no copy
- * holding any, the mempool reserves are all there and it may wait.
+ * Gets @job's buffers and bio, all or nothing.
+ *
+ * The worker takes them from the snapshot's reserves (the page pool and
+ * core->bs).  While other copies hold reserve buffers it does not wait:
+ * they are only given back by copies that this worker has to drive on, so
+ * it parks the job instead.  With no copy holding any, the reserves are
+ * whole and it may wait (@may_wait).
+ *
+ * map() (@from_map) never waits and never takes what the worker counts on:
+ * it asks the page allocator and core->map_bs, which nobody waits for, and
+ * falls back to the worker when they have nothing.  It may run with the
+ * spinlock held, so the bio gets its device (and its blkcg, which takes
+ * other locks) only in fleece_submit_copy_read().
  */
 static bool get_job_resources(struct fleece_core *core,
-			      struct fleece_copy_job *job, bool may_wait)
+			      struct fleece_copy_job *job, bool may_wait,
+			      bool from_map)
 {
 	struct fleece_snapshot *s = job->snap;
 	gfp_t gfp = may_wait ? GFP_NOIO : GFP_NOWAIT | __GFP_NOWARN;
 	unsigned int i, nr = DIV_ROUND_UP(job_sectors(job) << SECTOR_SHIFT, PAGE_SIZE);
 
-	job->bio = bio_alloc_bioset(s->origin_bdev, nr, REQ_OP_READ, gfp, &core->bs);
+	/* Not the emergency reserves of a writer that is reclaiming memory. */
+	if (from_map)
+		gfp |= __GFP_NOMEMALLOC;
+	job->bio = bio_alloc_bioset(NULL, nr, REQ_OP_READ, gfp,
+				    from_map ? &core->map_bs : &core->bs);
 	if (!job->bio)
 		return false;
-	atomic_inc(&s->copies_in_io);
+	if (!from_map) {
+		job->on_reserve = true;
+		atomic_inc(&s->reserve_holders);
+	}
 	for (i = 0; i < nr; i++) {
-		job->pages[i] = mempool_alloc(&s->page_pool, gfp);
+		job->pages[i] = from_map ? alloc_page(gfp) :
+					   mempool_alloc(&s->page_pool, gfp);
 		if (!job->pages[i]) {
 			put_job_resources(job);
 			return false;
@@ -288,11 +363,12 @@ static bool get_job_resources(struct fleece_core *core,
 	return true;
 }
 
-/* Worker, no lock held: reads the chunk's old data into memory. */
-static void submit_copy_read(struct fleece_copy_job *job)
+/* No lock held: reads the chunk's old data into memory. */
+void fleece_submit_copy_read(struct fleece_copy_job *job)
 {
 	struct bio *bio = job->bio;
 
+	bio_set_dev(bio, job->snap->origin_bdev);
 	bio->bi_iter.bi_sector = (sector_t)job->chunk << job->snap->chunk_shift;
 	bio->bi_end_io = copy_endio;
 	bio->bi_private = job;
@@ -380,12 +456,17 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 	u32 *grown = NULL, *old = NULL;
 	int r = 0;
 
-	if (!job->status)
-		r = fleece_emap_reserve(&s->map, job->slot, &grown);
-
 	spin_lock_irq(&core->lock);
-	if (grown)
-		old = fleece_emap_swap(&s->map, grown);
+	if (!job->status && !fleece_emap_has_room(&s->map, job->slot)) {
+		/* Completions must not insert while the buckets are rebuilt. */
+		s->map_growing = true;
+		spin_unlock_irq(&core->lock);
+		r = fleece_emap_reserve(&s->map, job->slot, &grown);
+		spin_lock_irq(&core->lock);
+		if (grown)
+			old = fleece_emap_swap(&s->map, grown);
+		s->map_growing = false;
+	}
 	if (job->status) {
 		/* Never reuse a slot the exception device failed to write. */
 		job->slot = FLEECE_NO_SLOT;
@@ -533,6 +614,40 @@ static void process_releases(struct fleece_core *core)
 	}
 }
 
+/* Sets up @job, zeroed, for @chunk (core->lock held); it is not entered yet. */
+static void __init_job(struct fleece_core *core, struct fleece_copy_job *job,
+		       u32 chunk)
+{
+	memset(job, 0, sizeof(*job));
+	job->core = core;
+	job->snap = core->snap;
+	job->chunk = chunk;
+	job->slot = FLEECE_NO_SLOT;
+	job->range.start = chunk;
+	job->range.last = chunk;
+	bio_list_init(&job->waiting_writes);
+	bio_list_init(&job->waiting_reads);
+}
+
+/*
+ * Enters @job in the snapshot with @slot (core->lock held): from now on it
+ * is the chunk's copy, and @bio waits on it.
+ */
+static void __enter_job(struct fleece_core *core, struct fleece_copy_job *job,
+			u32 slot, struct bio *bio)
+{
+	struct fleece_snapshot *s = core->snap;
+
+	job->slot = slot;
+	job->started = jiffies;
+	fleece_range_insert(&job->range, &s->copies);
+	list_add_tail(&job->age_entry, &s->jobs_by_age);
+	s->copies_in_flight++;
+	__fleece_hold_write(core, &job->waiting_writes, bio);
+	if (s->timeout)
+		queue_delayed_work(core->wq, &core->timeout_work, s->timeout);
+}
+
 /*
  * Creates a copy job for @bio's chunk (core->lock held) from @job, or applies
  * the policy when the exception store is full.  Returns how @bio goes on.
@@ -556,23 +671,9 @@ static enum fleece_route __start_copy(struct fleece_core *core,
 		return FLEECE_ROUTE_FAIL;
 	}
 
-	memset(job, 0, sizeof(*job));
-	job->core = core;
-	job->snap = s;
-	job->chunk = bio->bi_iter.bi_sector >> s->chunk_shift;
-	job->slot = slot;
-	job->started = jiffies;
-	job->range.start = job->chunk;
-	job->range.last = job->chunk;
-	bio_list_init(&job->waiting_writes);
-	bio_list_init(&job->waiting_reads);
-	fleece_range_insert(&job->range, &s->copies);
-	list_add_tail(&job->age_entry, &s->jobs_by_age);
+	__init_job(core, job, bio->bi_iter.bi_sector >> s->chunk_shift);
+	__enter_job(core, job, slot, bio);
 	list_add_tail(&job->work_entry, &s->jobs_to_start);
-	s->copies_in_flight++;
-	__fleece_hold_write(core, &job->waiting_writes, bio);
-	if (s->timeout)
-		queue_delayed_work(core->wq, &core->timeout_work, s->timeout);
 	return FLEECE_ROUTE_HELD;
 }
 
@@ -584,6 +685,43 @@ static bool __copies_full(struct fleece_snapshot *s)
 {
 	return s->copies_in_flight - s->copies_failed >= s->max_copies ||
 	       s->copies_in_flight >= 2 * s->max_copies;
+}
+
+/*
+ * __fleece_start_copy_now() - start the copy of @bio's chunk from map().
+ *
+ * Caller holds core->lock, and __fleece_route_write() said NEED_COPY.  This
+ * saves the first write to a chunk a trip through the worker when nothing
+ * stands in the way: no older write waits for the worker, a copy and a slot
+ * are free, and memory comes without waiting.  Returns the job, with @bio
+ * held on it, for fleece_submit_copy_read() once the lock is dropped; or
+ * NULL, and the caller defers @bio to the worker, which also handles a full
+ * exception store.
+ */
+struct fleece_copy_job *__fleece_start_copy_now(struct fleece_core *core,
+						struct bio *bio)
+{
+	struct fleece_snapshot *s = core->snap;
+	struct fleece_copy_job *job;
+
+	if (s->chunk_pages > FLEECE_MAP_COPY_MAX_PAGES ||
+	    !bio_list_empty(&core->deferred_writes) || core->routing_deferred ||
+	    !list_empty(&s->jobs_to_start) || __copies_full(s) ||
+	    s->slots_used >= s->nr_slots)
+		return NULL;
+	/* Freed with mempool_free() like the pool's own: same kmalloc size. */
+	job = kmalloc(struct_size(job, pages, s->chunk_pages),
+		      GFP_NOWAIT | __GFP_NOWARN);
+	if (!job)
+		return NULL;
+	__init_job(core, job, bio->bi_iter.bi_sector >> s->chunk_shift);
+	if (!get_job_resources(core, job, false, true)) {
+		kfree(job);
+		return NULL;
+	}
+	/* slots_used < nr_slots: there is a free slot. */
+	__enter_job(core, job, __alloc_slot(s), bio);
+	return job;
 }
 
 /*
@@ -643,12 +781,15 @@ static void process_writes(struct fleece_core *core)
 				route = core->state == FLEECE_ACTIVE ? FLEECE_ROUTE_FAIL :
 								       FLEECE_ROUTE_ISSUE;
 			} else if (!spare || spare_snap != s) {
+				/* map() must not start copies ahead of @pending. */
+				core->routing_deferred = true;
 				spin_unlock_irq(&core->lock);
 				if (spare)
 					mempool_free(spare, &spare_snap->job_pool);
 				spare = mempool_alloc(&s->job_pool, GFP_NOIO);
 				spare_snap = s;
 				spin_lock_irq(&core->lock);
+				core->routing_deferred = false;
 				bio_list_add_head(&pending, bio);
 				continue;
 			} else {
@@ -691,10 +832,10 @@ static void start_jobs(struct fleece_core *core)
 		s = core->snap;
 		job = s ? list_first_entry_or_null(&s->jobs_to_start,
 						   struct fleece_copy_job, work_entry) : NULL;
-		if (job)
-			list_del_init(&job->work_entry);
 		skip = job && (job->failed || job->chunk_released ||
 			       core->state != FLEECE_ACTIVE);
+		if (skip)
+			list_del_init(&job->work_entry);
 		spin_unlock_irq(&core->lock);
 		if (!job)
 			return;
@@ -702,14 +843,18 @@ static void start_jobs(struct fleece_core *core)
 			end_job(core, job);
 			continue;
 		}
-		if (!get_job_resources(core, job, !atomic_read(&s->copies_in_io))) {
-			/* A copy in flight gives buffers back and kicks us. */
-			spin_lock_irq(&core->lock);
-			list_add(&job->work_entry, &s->jobs_to_start);
-			spin_unlock_irq(&core->lock);
+		/*
+		 * The job stays on the list until it has its buffers: a copy
+		 * that gives buffers back meanwhile sees it there and kicks us,
+		 * and map() starts no copy ahead of it.  Only we take jobs off.
+		 */
+		if (!get_job_resources(core, job, !atomic_read(&s->reserve_holders),
+				       false))
 			return;
-		}
-		submit_copy_read(job);
+		spin_lock_irq(&core->lock);
+		list_del_init(&job->work_entry);
+		spin_unlock_irq(&core->lock);
+		fleece_submit_copy_read(job);
 	}
 }
 

@@ -12,8 +12,10 @@
  *
  * Lock order (outer first):
  *   fleece_registry_lock (mutex)  -> core->lock (spinlock, irq-safe)
- * core->lock is innermost; nothing is called with it held that takes
- * another lock, except mempool_free() and bio_list operations.
+ * core->lock is innermost.  With it held, code only calls into leaf locks
+ * of other subsystems: the slab and page allocators and bio sets
+ * (GFP_NOWAIT, no device: so no blkcg lookup), mempool frees, queue_work(),
+ * queue_delayed_work() and wake_up().
  */
 #ifndef DM_FLEECE_CORE_H
 #define DM_FLEECE_CORE_H
@@ -134,15 +136,20 @@ struct fleece_snapshot {
 	unsigned int exception_reads;	/* view reads of the exception device */
 	u32 slots_used;			/* holding a chunk, quarantined or bad */
 	u32 slot_hint;			/* no free slot below this one */
-	/* Mutated only by the worker, which also grows it without the lock. */
+	/*
+	 * The worker grows it without the lock, having set map_growing; bio
+	 * completion inserts into it only while map_growing is clear.
+	 */
 	struct fleece_exception_map map;
+	bool map_growing;
 	struct rb_root_cached copies;	/* struct fleece_copy_job.range */
 	struct rb_root_cached readers;	/* struct fleece_view_io.range */
 	struct list_head jobs_by_age;	/* oldest first, for the timeout */
 	struct list_head jobs_to_start;	/* created, waiting for buffers */
 	unsigned int copies_in_flight;	/* jobs that exist */
 	unsigned int copies_failed;	/* of those, failed but not finished */
-	atomic_t copies_in_io;		/* of those, holding buffers */
+	/* Of those, holding buffers from the reserves (none from map()). */
+	atomic_t reserve_holders;
 	u64 chunks_copied;
 	u64 chunks_released;
 	u64 writes_delayed;
@@ -153,8 +160,9 @@ struct fleece_snapshot {
 
 /*
  * One copy-before-write of one chunk: origin -> memory -> exception slot.
- * Allocated by the worker from snap->job_pool; all fields but the pages
- * and the bio are protected by core->lock.
+ * Allocated by the worker from snap->job_pool, or by map() without waiting;
+ * all fields but the pages, the bio and on_reserve are protected by
+ * core->lock.
  */
 struct fleece_copy_job {
 	struct fleece_range range;	/* in snap->copies */
@@ -170,6 +178,7 @@ struct fleece_copy_job {
 	bool origin_released;		/* guest writes to the chunk may go */
 	bool chunk_released;		/* the backup released the chunk */
 	bool failed;			/* error or timeout; result discarded */
+	bool on_reserve;		/* counted in snap->reserve_holders */
 	blk_status_t status;		/* of the last I/O */
 	struct bio_list waiting_writes;	/* origin writes held by the copy */
 	struct bio_list waiting_reads;	/* view reads held by a BUFFERED job */
@@ -212,6 +221,11 @@ struct fleece_core {
 	 */
 	bool recheck_deferred;
 	bool recheck_readers;
+	/*
+	 * The worker holds deferred writes off the list while it waits for a
+	 * job's memory: map() must not start a copy ahead of them (core->lock).
+	 */
+	bool routing_deferred;
 
 	/*
 	 * Protects state, error, snap and everything in it marked so, and the
@@ -242,7 +256,12 @@ struct fleece_core {
 	struct work_struct worker;
 	struct delayed_work timeout_work;
 	struct work_struct event_work;
-	struct bio_set bs;			/* copy bios */
+	struct bio_set bs;			/* copy bios started by the worker */
+	/*
+	 * Copy bios started from map(), which never waits for its reserve:
+	 * so taking from it cannot starve the worker, which may wait on bs.
+	 */
+	struct bio_set map_bs;
 };
 
 struct fleece_view {
@@ -338,7 +357,10 @@ unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors
 				status_type_t type, char *result,
 				unsigned int maxlen);
 
-/* fleece-copy.c: the copy engine, run by the worker. */
+/* fleece-copy.c: the copy engine, run by map(), completions and the worker. */
+struct fleece_copy_job *__fleece_start_copy_now(struct fleece_core *core,
+						struct bio *bio);
+void fleece_submit_copy_read(struct fleece_copy_job *job);
 void fleece_worker(struct work_struct *work);
 void fleece_timeout_worker(struct work_struct *work);
 void fleece_event_worker(struct work_struct *work);

@@ -88,7 +88,7 @@ int fleece_emap_reserve(struct fleece_exception_map *map, u32 slot,
 	}
 
 	/* Keep the load factor at or below 3/4 so probes stay short. */
-	if ((u64)(map->nr_entries + 1) * 4 <= (u64)map->nr_buckets * 3)
+	if (fleece_emap_has_room(map, slot))
 		return 0;
 
 	nr = map->nr_buckets * 2;
@@ -102,6 +102,14 @@ int fleece_emap_reserve(struct fleece_exception_map *map, u32 slot,
 			      map->buckets[i] - 1);
 	*grown = buckets;
 	return 0;
+}
+
+bool fleece_emap_has_room(const struct fleece_exception_map *map, u32 slot)
+{
+	u32 page = slot / SLOTS_PER_PAGE;
+
+	return page < map->nr_dir && map->chunk_of_slot[page] &&
+	       (u64)(map->nr_entries + 1) * 4 <= (u64)map->nr_buckets * 3;
 }
 
 u32 *fleece_emap_swap(struct fleece_exception_map *map, u32 *grown)

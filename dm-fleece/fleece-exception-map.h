@@ -8,12 +8,14 @@
  * 4 bytes of reverse map and 4 bytes / load factor (3/8..3/4) of buckets,
  * that is 9.3 to 14.7 bytes per copied chunk.
  *
- * Concurrency: one writer (the snapshot worker) and readers under the
- * snapshot's spinlock.  The writer calls the "reserve" functions without the
- * lock (they may allocate and sleep), and the mutating calls with the lock
- * held.  Growth rebuilds the buckets outside the lock, which is safe because
- * nobody else mutates them, and publishes them with fleece_emap_swap() under
- * the lock.
+ * Concurrency: everything but fleece_emap_reserve() runs under the
+ * snapshot's spinlock.  The reserve (the worker's, which may allocate and
+ * sleep) runs without it and rebuilds the buckets outside the lock; it is
+ * safe because while it runs nobody else mutates the map: the worker is the
+ * only one that removes entries, and an insert from bio completion is only
+ * made when fleece_emap_has_room() says it needs no reserve and the worker
+ * is not growing the map (snap->map_growing).  The new buckets are published
+ * with fleece_emap_swap() under the lock.
  */
 #ifndef DM_FLEECE_EXCEPTION_MAP_H
 #define DM_FLEECE_EXCEPTION_MAP_H
@@ -42,6 +44,11 @@ void fleece_emap_destroy(struct fleece_exception_map *map);
  */
 int fleece_emap_reserve(struct fleece_exception_map *map, u32 slot,
 			u32 **grown);
+/*
+ * True when inserting @slot needs no fleece_emap_reserve().  Under the lock,
+ * or from the reserve itself, while nobody else may mutate the map.
+ */
+bool fleece_emap_has_room(const struct fleece_exception_map *map, u32 slot);
 /* Under the lock: publishes @grown and returns the old buckets. */
 u32 *fleece_emap_swap(struct fleece_exception_map *map, u32 *grown);
 

@@ -22,6 +22,8 @@
 #   STRESS    short (default) or long, passed to the tests
 #   HOST      1: run sparse, host unit tests and dkms (default: 1, or 0
 #             when TESTS is set); 0: only the builds and the guests
+#   BENCH     1: end with `make bench QUICK=1` on the first kernel (default:
+#             the value of HOST)
 #   FLEECE_HARNESS_SELFTEST=1  add tools/vm/harness-selftests (tests that
 #             must fail: see tools/check-harness.sh)
 #   TIMEOUT_SCALE  multiply every test's timeout (default 1; e.g. 2 on a
@@ -39,6 +41,7 @@ KERNELS=${KERNELS:-all}
 TESTS=${TESTS:-}
 STRESS=${STRESS:-short}
 if [ -n "$TESTS" ]; then HOST=${HOST:-0}; else HOST=${HOST:-1}; fi
+BENCH=${BENCH:-$HOST}
 HARNESS=${FLEECE_HARNESS_SELFTEST:-0}
 VM_GRACE=${VM_GRACE:-60}
 VM_BOOT_TIMEOUT=${VM_BOOT_TIMEOUT:-300}
@@ -401,9 +404,18 @@ for k in "${kvers[@]}"; do
 	run_guest "$k"
 done
 
+# The bench in quick mode: proves `make bench` still works (it asserts no
+# timing).  One guest, on the first kernel.
+T_BENCH=
+if [ "$BENCH" = 1 ] && [ -n "${BUILT[${kvers[0]}]:-}" ]; then
+	t_bench=$EPOCHREALTIME
+	tap_step "bench quick (${kvers[0]})" env QUICK=1 BENCH_KERNEL="${kvers[0]}" bash bench/run.sh
+	T_BENCH=$(since "$t_bench")
+fi
+
 echo "== time: host $(hms "$T_HOST")$(for k in "${kvers[@]}"; do
 	[ -n "${GUEST_TIME[$k]:-}" ] && printf ', %s %s' "$k" "${GUEST_TIME[$k]}"
-done); total $(hms $((SECONDS - T_START)))"
+done)${T_BENCH:+, bench $(hms "$T_BENCH")}; total $(hms $((SECONDS - T_START)))"
 if [ "$S" -gt 0 ]; then
 	echo "$P passed, $F failed, $S skipped"
 else
