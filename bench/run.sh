@@ -28,6 +28,8 @@
 #   BENCH_LOAD_IOPS: override repetitions, seconds per run, device modes,
 #                  the ssd mode's completion latency and the rate of the
 #                  writer under workload 5's loaded read (100/s)
+#   BENCH_CHUNKS_KB, BENCH_SEQ_CHUNKS_KB: chunk sizes (KiB) of workloads 1
+#                  and 3 ("4 64 1024"); "4" alone covers every target
 #   VM_MEM, VM_SMP, VM_TIMEOUT  passed to tools/vm/boot.sh
 set -uo pipefail
 
@@ -82,7 +84,8 @@ if [ "$QUICK" = 1 ]; then
 else
 	ORIGIN_MB=1024 EXC_MB=1024 REGION_MB=768 STEADY_MB=128
 	MEM_RAND_MB=256 MEM_RAND_CHUNKS=16384 MEM_MB=256
-	CHUNKS_KB="4 64 1024" SEQ_CHUNKS_KB="4 64 1024" W1_MAX_IOS=40000
+	CHUNKS_KB=${BENCH_CHUNKS_KB:-4 64 1024} SEQ_CHUNKS_KB=${BENCH_SEQ_CHUNKS_KB:-4 64 1024}
+	W1_MAX_IOS=40000
 	REPS=${BENCH_REPS:-3} MEM_REPS=${BENCH_REPS:-3} RUNTIME=${BENCH_RUNTIME:-3}
 	MEM_WORKLOADS="passthrough firstwrite firstwrite-seq steady viewread memory"
 	SSD_WORKLOADS="passthrough firstwrite steady"
