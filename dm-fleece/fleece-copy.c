@@ -6,13 +6,20 @@
  * writes (and view reads) that waited for it.  It also performs releases
  * and enforces the copy timeout.
  *
- * The common path takes no trip through the worker but one: map() starts
- * the copy when it can do so without sleeping and without the reserves
- * (__fleece_start_copy_now()), the worker submits the exception write and
- * releases the writes once the old data is in memory, and the completion of
- * the exception write finishes the copy itself when nothing waits on it and
- * the exception map has room (__finish_write_now()).  Everything else that
- * needs memory, and every unusual case, is the worker's.
+ * map() only queues the first write to a chunk: it must not sleep, and the
+ * worker batches better.  The worker creates the job and submits the origin
+ * read; the read's completion queues the job back; the worker submits the
+ * exception write and, under break_snapshot, releases the writes.  The
+ * completion of the exception write finishes the copy itself when nothing
+ * waits on it and the exception map has room (__finish_write_now()); the
+ * worker does it otherwise.
+ *
+ * The worker runs at normal priority and submits under a plug: completions
+ * that arrive while the submitter still runs then pile up and are handled
+ * in one pass, and exception writes to adjacent slots merge.  (A high
+ * priority worker, or copies submitted from map() under the submitter's own
+ * plug, took a pass and a context switch per write, and cost half the
+ * first-write throughput in the bench.)
  * Copies in flight are bounded by snap->max_copies; writes beyond the bound
  * stay on core->deferred_writes until a copy finishes.
  */
@@ -25,11 +32,6 @@
 
 /* Chunks released under one hold of the spinlock. */
 #define FLEECE_RELEASE_BATCH	4096U
-/*
- * map() starts copies of chunks up to this size itself: it allocates their
- * buffers with the spinlock held, which must stay short.
- */
-#define FLEECE_MAP_COPY_MAX_PAGES	16U
 
 void fleece_submit_list(struct bio_list *issue, struct bio_list *fail)
 {
@@ -234,10 +236,7 @@ static void put_job_resources(struct fleece_copy_job *job)
 	if (job->bio) {
 		bio_put(job->bio);
 		job->bio = NULL;
-	}
-	/* Last: the reserves are whole again before the count says so. */
-	if (job->on_reserve) {
-		job->on_reserve = false;
+		/* Last: the reserves are whole again before the count says so. */
 		atomic_dec(&job->snap->reserve_holders);
 	}
 }
@@ -318,42 +317,25 @@ static void add_job_pages(struct fleece_copy_job *job, struct bio *bio)
 }
 
 /*
- * Gets @job's buffers and bio, all or nothing.
- *
- * The worker takes them from the snapshot's reserves (the page pool and
- * core->bs).  While other copies hold reserve buffers it does not wait:
- * they are only given back by copies that this worker has to drive on, so
- * it parks the job instead.  With no copy holding any, the reserves are
- * whole and it may wait (@may_wait).
- *
- * map() (@from_map) never waits and never takes what the worker counts on:
- * it asks the page allocator and core->map_bs, which nobody waits for, and
- * falls back to the worker when they have nothing.  It may run with the
- * spinlock held, so the bio gets its device (and its blkcg, which takes
- * other locks) only in fleece_submit_copy_read().
+ * Gets @job's buffers and bio from the snapshot's reserves (the page pool and
+ * core->bs), all or nothing.  While other copies hold reserve buffers the
+ * worker does not wait: they are only given back by copies that this worker
+ * has to drive on, so it parks the job instead.  With no copy holding any,
+ * the reserves are whole and it may wait (@may_wait).
  */
 static bool get_job_resources(struct fleece_core *core,
-			      struct fleece_copy_job *job, bool may_wait,
-			      bool from_map)
+			      struct fleece_copy_job *job, bool may_wait)
 {
 	struct fleece_snapshot *s = job->snap;
 	gfp_t gfp = may_wait ? GFP_NOIO : GFP_NOWAIT | __GFP_NOWARN;
 	unsigned int i, nr = DIV_ROUND_UP(job_sectors(job) << SECTOR_SHIFT, PAGE_SIZE);
 
-	/* Not the emergency reserves of a writer that is reclaiming memory. */
-	if (from_map)
-		gfp |= __GFP_NOMEMALLOC;
-	job->bio = bio_alloc_bioset(NULL, nr, REQ_OP_READ, gfp,
-				    from_map ? &core->map_bs : &core->bs);
+	job->bio = bio_alloc_bioset(s->origin_bdev, nr, REQ_OP_READ, gfp, &core->bs);
 	if (!job->bio)
 		return false;
-	if (!from_map) {
-		job->on_reserve = true;
-		atomic_inc(&s->reserve_holders);
-	}
+	atomic_inc(&s->reserve_holders);
 	for (i = 0; i < nr; i++) {
-		job->pages[i] = from_map ? alloc_page(gfp) :
-					   mempool_alloc(&s->page_pool, gfp);
+		job->pages[i] = mempool_alloc(&s->page_pool, gfp);
 		if (!job->pages[i]) {
 			put_job_resources(job);
 			return false;
@@ -364,11 +346,10 @@ static bool get_job_resources(struct fleece_core *core,
 }
 
 /* No lock held: reads the chunk's old data into memory. */
-void fleece_submit_copy_read(struct fleece_copy_job *job)
+static void submit_copy_read(struct fleece_copy_job *job)
 {
 	struct bio *bio = job->bio;
 
-	bio_set_dev(bio, job->snap->origin_bdev);
 	bio->bi_iter.bi_sector = (sector_t)job->chunk << job->snap->chunk_shift;
 	bio->bi_end_io = copy_endio;
 	bio->bi_private = job;
@@ -411,8 +392,11 @@ static void end_job(struct fleece_core *core, struct fleece_copy_job *job)
 	free_job(core, job);
 }
 
-/* The origin read of @job finished. */
-static void finish_read(struct fleece_core *core, struct fleece_copy_job *job)
+/*
+ * The origin read of @job finished.  Returns true when the job goes on to
+ * its exception write, which the caller submits.
+ */
+static bool finish_read(struct fleece_core *core, struct fleece_copy_job *job)
 {
 	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
 	struct bio_list writes;
@@ -442,10 +426,9 @@ static void finish_read(struct fleece_core *core, struct fleece_copy_job *job)
 	spin_unlock_irq(&core->lock);
 
 	fleece_submit_list(&issue, &fail);
-	if (write_it)
-		submit_copy_write(job);
-	else
+	if (!write_it)
 		free_job(core, job);
+	return write_it;
 }
 
 /* The exception write of @job finished. */
@@ -491,10 +474,18 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 	free_job(core, job);
 }
 
-static void process_finished_jobs(struct fleece_core *core)
+/*
+ * Finishes the copies whose I/O completed.  The guest writes that they let
+ * go are dispatched first, since a writer waits for them and for nothing
+ * else; the exception writes follow, under @plug, where adjacent slots
+ * merge.
+ */
+static void process_finished_jobs(struct fleece_core *core,
+				  struct blk_plug *plug)
 {
 	struct fleece_copy_job *job, *tmp;
 	LIST_HEAD(jobs);
+	LIST_HEAD(copy_writes);
 
 	spin_lock_irq(&core->lock);
 	list_splice_init(&core->finished_jobs, &jobs);
@@ -504,8 +495,16 @@ static void process_finished_jobs(struct fleece_core *core)
 		list_del_init(&job->work_entry);
 		if (job->writing)
 			finish_write(core, job);
-		else
-			finish_read(core, job);
+		else if (finish_read(core, job))
+			list_add_tail(&job->work_entry, &copy_writes);
+	}
+	if (list_empty(&copy_writes))
+		return;
+	blk_finish_plug(plug);
+	blk_start_plug(plug);
+	list_for_each_entry_safe(job, tmp, &copy_writes, work_entry) {
+		list_del_init(&job->work_entry);
+		submit_copy_write(job);
 	}
 }
 
@@ -688,43 +687,6 @@ static bool __copies_full(struct fleece_snapshot *s)
 }
 
 /*
- * __fleece_start_copy_now() - start the copy of @bio's chunk from map().
- *
- * Caller holds core->lock, and __fleece_route_write() said NEED_COPY.  This
- * saves the first write to a chunk a trip through the worker when nothing
- * stands in the way: no older write waits for the worker, a copy and a slot
- * are free, and memory comes without waiting.  Returns the job, with @bio
- * held on it, for fleece_submit_copy_read() once the lock is dropped; or
- * NULL, and the caller defers @bio to the worker, which also handles a full
- * exception store.
- */
-struct fleece_copy_job *__fleece_start_copy_now(struct fleece_core *core,
-						struct bio *bio)
-{
-	struct fleece_snapshot *s = core->snap;
-	struct fleece_copy_job *job;
-
-	if (s->chunk_pages > FLEECE_MAP_COPY_MAX_PAGES ||
-	    !bio_list_empty(&core->deferred_writes) || core->routing_deferred ||
-	    !list_empty(&s->jobs_to_start) || __copies_full(s) ||
-	    s->slots_used >= s->nr_slots)
-		return NULL;
-	/* Freed with mempool_free() like the pool's own: same kmalloc size. */
-	job = kmalloc(struct_size(job, pages, s->chunk_pages),
-		      GFP_NOWAIT | __GFP_NOWARN);
-	if (!job)
-		return NULL;
-	__init_job(core, job, bio->bi_iter.bi_sector >> s->chunk_shift);
-	if (!get_job_resources(core, job, false, true)) {
-		kfree(job);
-		return NULL;
-	}
-	/* slots_used < nr_slots: there is a free slot. */
-	__enter_job(core, job, __alloc_slot(s), bio);
-	return job;
-}
-
-/*
  * Routes the writes that wait for the worker: writes deferred while a
  * snapshot started or that need a new copy (in order, until the copies are
  * full), and writes that waited for view reads.
@@ -781,15 +743,16 @@ static void process_writes(struct fleece_core *core)
 				route = core->state == FLEECE_ACTIVE ? FLEECE_ROUTE_FAIL :
 								       FLEECE_ROUTE_ISSUE;
 			} else if (!spare || spare_snap != s) {
-				/* map() must not start copies ahead of @pending. */
-				core->routing_deferred = true;
-				spin_unlock_irq(&core->lock);
 				if (spare)
 					mempool_free(spare, &spare_snap->job_pool);
-				spare = mempool_alloc(&s->job_pool, GFP_NOIO);
 				spare_snap = s;
-				spin_lock_irq(&core->lock);
-				core->routing_deferred = false;
+				/* Without dropping the lock, as a rule. */
+				spare = mempool_alloc(&s->job_pool, GFP_NOWAIT | __GFP_NOWARN);
+				if (!spare) {
+					spin_unlock_irq(&core->lock);
+					spare = mempool_alloc(&s->job_pool, GFP_NOIO);
+					spin_lock_irq(&core->lock);
+				}
 				bio_list_add_head(&pending, bio);
 				continue;
 			} else {
@@ -845,28 +808,31 @@ static void start_jobs(struct fleece_core *core)
 		}
 		/*
 		 * The job stays on the list until it has its buffers: a copy
-		 * that gives buffers back meanwhile sees it there and kicks us,
-		 * and map() starts no copy ahead of it.  Only we take jobs off.
+		 * that gives buffers back meanwhile sees it there and kicks us.
+		 * Only we take jobs off.
 		 */
-		if (!get_job_resources(core, job, !atomic_read(&s->reserve_holders),
-				       false))
+		if (!get_job_resources(core, job, !atomic_read(&s->reserve_holders)))
 			return;
 		spin_lock_irq(&core->lock);
 		list_del_init(&job->work_entry);
 		spin_unlock_irq(&core->lock);
-		fleece_submit_copy_read(job);
+		submit_copy_read(job);
 	}
 }
 
 void fleece_worker(struct work_struct *work)
 {
 	struct fleece_core *core = container_of(work, struct fleece_core, worker);
+	struct blk_plug plug;
 
-	process_finished_jobs(core);
+	/* Requests are dispatched together; see the top of the file. */
+	blk_start_plug(&plug);
+	process_finished_jobs(core, &plug);
 	process_releases(core);
 	process_quarantine(core);
 	process_writes(core);
 	start_jobs(core);
+	blk_finish_plug(&plug);
 }
 
 /* Fails the copies that took longer than the cbw_timeout_ms feature allows. */

@@ -13,9 +13,8 @@
  * Lock order (outer first):
  *   fleece_registry_lock (mutex)  -> core->lock (spinlock, irq-safe)
  * core->lock is innermost.  With it held, code only calls into leaf locks
- * of other subsystems: the slab and page allocators and bio sets
- * (GFP_NOWAIT, no device: so no blkcg lookup), mempool frees, queue_work(),
- * queue_delayed_work() and wake_up().
+ * of other subsystems: mempool allocations that do not wait (GFP_NOWAIT)
+ * and frees, queue_work(), queue_delayed_work() and wake_up().
  */
 #ifndef DM_FLEECE_CORE_H
 #define DM_FLEECE_CORE_H
@@ -148,7 +147,7 @@ struct fleece_snapshot {
 	struct list_head jobs_to_start;	/* created, waiting for buffers */
 	unsigned int copies_in_flight;	/* jobs that exist */
 	unsigned int copies_failed;	/* of those, failed but not finished */
-	/* Of those, holding buffers from the reserves (none from map()). */
+	/* Of those, holding buffers and a bio (not under core->lock). */
 	atomic_t reserve_holders;
 	u64 chunks_copied;
 	u64 chunks_released;
@@ -160,9 +159,8 @@ struct fleece_snapshot {
 
 /*
  * One copy-before-write of one chunk: origin -> memory -> exception slot.
- * Allocated by the worker from snap->job_pool, or by map() without waiting;
- * all fields but the pages, the bio and on_reserve are protected by
- * core->lock.
+ * Allocated by the worker from snap->job_pool; all fields but the pages and
+ * the bio are protected by core->lock.
  */
 struct fleece_copy_job {
 	struct fleece_range range;	/* in snap->copies */
@@ -178,7 +176,6 @@ struct fleece_copy_job {
 	bool origin_released;		/* guest writes to the chunk may go */
 	bool chunk_released;		/* the backup released the chunk */
 	bool failed;			/* error or timeout; result discarded */
-	bool on_reserve;		/* counted in snap->reserve_holders */
 	blk_status_t status;		/* of the last I/O */
 	struct bio_list waiting_writes;	/* origin writes held by the copy */
 	struct bio_list waiting_reads;	/* view reads held by a BUFFERED job */
@@ -221,11 +218,6 @@ struct fleece_core {
 	 */
 	bool recheck_deferred;
 	bool recheck_readers;
-	/*
-	 * The worker holds deferred writes off the list while it waits for a
-	 * job's memory: map() must not start a copy ahead of them (core->lock).
-	 */
-	bool routing_deferred;
 
 	/*
 	 * Protects state, error, snap and everything in it marked so, and the
@@ -256,12 +248,7 @@ struct fleece_core {
 	struct work_struct worker;
 	struct delayed_work timeout_work;
 	struct work_struct event_work;
-	struct bio_set bs;			/* copy bios started by the worker */
-	/*
-	 * Copy bios started from map(), which never waits for its reserve:
-	 * so taking from it cannot starve the worker, which may wait on bs.
-	 */
-	struct bio_set map_bs;
+	struct bio_set bs;			/* copy bios */
 };
 
 struct fleece_view {
@@ -357,10 +344,7 @@ unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors
 				status_type_t type, char *result,
 				unsigned int maxlen);
 
-/* fleece-copy.c: the copy engine, run by map(), completions and the worker. */
-struct fleece_copy_job *__fleece_start_copy_now(struct fleece_core *core,
-						struct bio *bio);
-void fleece_submit_copy_read(struct fleece_copy_job *job);
+/* fleece-copy.c: the copy engine, run by the worker and I/O completion. */
 void fleece_worker(struct work_struct *work);
 void fleece_timeout_worker(struct work_struct *work);
 void fleece_event_worker(struct work_struct *work);

@@ -36,7 +36,6 @@ static void core_free(struct fleece_core *core)
 {
 	if (core->wq)
 		destroy_workqueue(core->wq);
-	bioset_exit(&core->map_bs);
 	bioset_exit(&core->bs);
 	percpu_ref_exit(&core->writes_ref);
 	kfree(core);
@@ -65,11 +64,13 @@ static struct fleece_core *core_alloc(dev_t dev)
 	if (percpu_ref_init(&core->writes_ref, writes_ref_release,
 			    PERCPU_REF_ALLOW_REINIT, GFP_KERNEL))
 		goto bad_ref;
-	if (bioset_init(&core->bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS) ||
-	    bioset_init(&core->map_bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS))
+	if (bioset_init(&core->bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS))
 		goto bad;
-	/* The worker releases held writes: it must run under memory pressure. */
-	core->wq = alloc_workqueue("kfleeced/%u:%u", WQ_MEM_RECLAIM | WQ_HIGHPRI,
+	/*
+	 * The worker releases held writes: it must run under memory pressure.
+	 * Not WQ_HIGHPRI: fleece-copy.c says why.
+	 */
+	core->wq = alloc_workqueue("kfleeced/%u:%u", WQ_MEM_RECLAIM,
 				   0, MAJOR(dev), MINOR(dev));
 	if (!core->wq)
 		goto bad;

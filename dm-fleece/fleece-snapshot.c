@@ -3,10 +3,9 @@
  * The point-in-time snapshot of a fleece origin: how it starts and ends,
  * and how origin writes and view reads are routed around the copies.
  *
- * The routing functions run in map() and must not sleep: a new copy is
- * started from map() only when its memory comes without waiting; anything
- * else that needs memory or I/O (a new copy otherwise, a release) goes to
- * the worker in fleece-copy.c through the bio lists of struct fleece_core.
+ * The routing functions run in map() and must not sleep: anything that
+ * needs memory or I/O (a new copy, a release) goes to the worker in
+ * fleece-copy.c through the bio lists of struct fleece_core.
  */
 #include <linux/bitmap.h>
 #include <linux/sched/mm.h>
@@ -267,8 +266,8 @@ static void trim_to_chunk(struct bio *bio, sector_t chunk_sectors)
  *
  * Caller holds core->lock and has trimmed @bio to one chunk.  Returns
  * FLEECE_ROUTE_HELD with @bio on a job or behind view reads;
- * FLEECE_ROUTE_NEED_COPY when the chunk needs a new copy job (see
- * __fleece_start_copy_now()); FLEECE_ROUTE_FAIL when a break_write copy of the
+ * FLEECE_ROUTE_NEED_COPY when the chunk needs a copy job that only the
+ * worker can create; FLEECE_ROUTE_FAIL when a break_write copy of the
  * chunk has failed and is still in flight; FLEECE_ROUTE_ISSUE otherwise.
  */
 enum fleece_route __fleece_route_write(struct fleece_core *core,
@@ -323,7 +322,6 @@ static bool changes_data(struct bio *bio)
 int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 			    struct fleece_origin_io *io)
 {
-	struct fleece_copy_job *job = NULL;
 	enum fleece_route route;
 	unsigned long flags;
 
@@ -352,11 +350,8 @@ int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 		trim_to_chunk(bio, (sector_t)1 << core->snap->chunk_shift);
 	route = __fleece_route_write(core, bio, io);
 	if (route == FLEECE_ROUTE_NEED_COPY) {
-		job = __fleece_start_copy_now(core, bio);
-		if (!job) {
-			__fleece_hold_write(core, &core->deferred_writes, bio);
-			core->recheck_deferred = true;
-		}
+		__fleece_hold_write(core, &core->deferred_writes, bio);
+		core->recheck_deferred = true;
 	}
 	spin_unlock_irqrestore(&core->lock, flags);
 
@@ -364,11 +359,7 @@ int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 	case FLEECE_ROUTE_ISSUE:
 		return DM_MAPIO_REMAPPED;
 	case FLEECE_ROUTE_NEED_COPY:
-		/* @bio waits on @job, or on the worker to create one. */
-		if (job)
-			fleece_submit_copy_read(job);
-		else
-			fleece_kick(core);
+		fleece_kick(core);
 		return DM_MAPIO_SUBMITTED;
 	case FLEECE_ROUTE_FAIL:
 		/* Through bio_endio() so that end_io() drops the reference. */
