@@ -613,40 +613,6 @@ static void process_releases(struct fleece_core *core)
 	}
 }
 
-/* Sets up @job, zeroed, for @chunk (core->lock held); it is not entered yet. */
-static void __init_job(struct fleece_core *core, struct fleece_copy_job *job,
-		       u32 chunk)
-{
-	memset(job, 0, sizeof(*job));
-	job->core = core;
-	job->snap = core->snap;
-	job->chunk = chunk;
-	job->slot = FLEECE_NO_SLOT;
-	job->range.start = chunk;
-	job->range.last = chunk;
-	bio_list_init(&job->waiting_writes);
-	bio_list_init(&job->waiting_reads);
-}
-
-/*
- * Enters @job in the snapshot with @slot (core->lock held): from now on it
- * is the chunk's copy, and @bio waits on it.
- */
-static void __enter_job(struct fleece_core *core, struct fleece_copy_job *job,
-			u32 slot, struct bio *bio)
-{
-	struct fleece_snapshot *s = core->snap;
-
-	job->slot = slot;
-	job->started = jiffies;
-	fleece_range_insert(&job->range, &s->copies);
-	list_add_tail(&job->age_entry, &s->jobs_by_age);
-	s->copies_in_flight++;
-	__fleece_hold_write(core, &job->waiting_writes, bio);
-	if (s->timeout)
-		queue_delayed_work(core->wq, &core->timeout_work, s->timeout);
-}
-
 /*
  * Creates a copy job for @bio's chunk (core->lock held) from @job, or applies
  * the policy when the exception store is full.  Returns how @bio goes on.
@@ -670,9 +636,23 @@ static enum fleece_route __start_copy(struct fleece_core *core,
 		return FLEECE_ROUTE_FAIL;
 	}
 
-	__init_job(core, job, bio->bi_iter.bi_sector >> s->chunk_shift);
-	__enter_job(core, job, slot, bio);
+	memset(job, 0, sizeof(*job));
+	job->core = core;
+	job->snap = s;
+	job->chunk = bio->bi_iter.bi_sector >> s->chunk_shift;
+	job->slot = slot;
+	job->started = jiffies;
+	job->range.start = job->chunk;
+	job->range.last = job->chunk;
+	bio_list_init(&job->waiting_writes);
+	bio_list_init(&job->waiting_reads);
+	fleece_range_insert(&job->range, &s->copies);
+	list_add_tail(&job->age_entry, &s->jobs_by_age);
 	list_add_tail(&job->work_entry, &s->jobs_to_start);
+	s->copies_in_flight++;
+	__fleece_hold_write(core, &job->waiting_writes, bio);
+	if (s->timeout)
+		queue_delayed_work(core->wq, &core->timeout_work, s->timeout);
 	return FLEECE_ROUTE_HELD;
 }
 
