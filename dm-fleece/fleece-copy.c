@@ -237,7 +237,7 @@ static void put_job_resources(struct fleece_copy_job *job)
 		bio_put(job->bio);
 		job->bio = NULL;
 		/* Last: the reserves are whole again before the count says so. */
-		atomic_dec(&job->snap->reserve_holders);
+		atomic_dec(&job->snap->copies_in_io);
 	}
 }
 
@@ -333,7 +333,7 @@ static bool get_job_resources(struct fleece_core *core,
 	job->bio = bio_alloc_bioset(s->origin_bdev, nr, REQ_OP_READ, gfp, &core->bs);
 	if (!job->bio)
 		return false;
-	atomic_inc(&s->reserve_holders);
+	atomic_inc(&s->copies_in_io);
 	for (i = 0; i < nr; i++) {
 		job->pages[i] = mempool_alloc(&s->page_pool, gfp);
 		if (!job->pages[i]) {
@@ -791,7 +791,7 @@ static void start_jobs(struct fleece_core *core)
 		 * that gives buffers back meanwhile sees it there and kicks us.
 		 * Only we take jobs off.
 		 */
-		if (!get_job_resources(core, job, !atomic_read(&s->reserve_holders)))
+		if (!get_job_resources(core, job, !atomic_read(&s->copies_in_io)))
 			return;
 		spin_lock_irq(&core->lock);
 		list_del_init(&job->work_entry);

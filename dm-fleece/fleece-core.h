@@ -147,8 +147,7 @@ struct fleece_snapshot {
 	struct list_head jobs_to_start;	/* created, waiting for buffers */
 	unsigned int copies_in_flight;	/* jobs that exist */
 	unsigned int copies_failed;	/* of those, failed but not finished */
-	/* Of those, holding buffers and a bio (not under core->lock). */
-	atomic_t reserve_holders;
+	atomic_t copies_in_io;		/* of those, holding buffers */
 	u64 chunks_copied;
 	u64 chunks_released;
 	u64 writes_delayed;
