@@ -14,6 +14,12 @@
  * waits on it and the exception map has room (__finish_write_now()); the
  * worker does it otherwise.
  *
+ * Under break_snapshot no guest write waits for an exception write, so the
+ * worker may hold exception writes back for a few runs (hold_copy_writes())
+ * while guest writes keep it busy: a writer that a copy let go then gets the
+ * CPU before them, and the held writes go out together.  At most a quarter
+ * of max_copies are held, and never while a view read waits for one.
+ *
  * The worker runs at normal priority and submits under a plug: completions
  * that arrive while the submitter still runs then pile up and are handled
  * in one pass, and exception writes to adjacent slots merge.  (A high
@@ -476,36 +482,54 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 
 /*
  * Finishes the copies whose I/O completed.  The guest writes that they let
- * go are dispatched first, since a writer waits for them and for nothing
- * else; the exception writes follow, under @plug, where adjacent slots
- * merge.
+ * go are dispatched at once, since a writer waits for them; the copies that
+ * go on to their exception write join core->buffered_jobs.
  */
-static void process_finished_jobs(struct fleece_core *core,
-				  struct blk_plug *plug)
+static unsigned int process_finished_jobs(struct fleece_core *core,
+					  struct blk_plug *plug)
 {
 	struct fleece_copy_job *job, *tmp;
+	unsigned int buffered = 0;
 	LIST_HEAD(jobs);
-	LIST_HEAD(copy_writes);
 
 	spin_lock_irq(&core->lock);
 	list_splice_init(&core->finished_jobs, &jobs);
 	spin_unlock_irq(&core->lock);
+	if (list_empty(&jobs))
+		return 0;
 
 	list_for_each_entry_safe(job, tmp, &jobs, work_entry) {
 		list_del_init(&job->work_entry);
-		if (job->writing)
+		if (job->writing) {
 			finish_write(core, job);
-		else if (finish_read(core, job))
-			list_add_tail(&job->work_entry, &copy_writes);
+		} else if (finish_read(core, job)) {
+			list_add_tail(&job->work_entry, &core->buffered_jobs);
+			core->nr_buffered++;
+			buffered++;
+		}
 	}
-	if (list_empty(&copy_writes))
-		return;
 	blk_finish_plug(plug);
 	blk_start_plug(plug);
-	list_for_each_entry_safe(job, tmp, &copy_writes, work_entry) {
+	return buffered;
+}
+
+/*
+ * Submits the exception writes of core->buffered_jobs, under one plug, so
+ * that writes to adjacent slots merge.
+ */
+static void submit_buffered_jobs(struct fleece_core *core)
+{
+	struct fleece_copy_job *job, *tmp;
+	struct blk_plug plug;
+
+	blk_start_plug(&plug);
+	/* Off the list before the write: it may complete at once. */
+	list_for_each_entry_safe(job, tmp, &core->buffered_jobs, work_entry) {
 		list_del_init(&job->work_entry);
 		submit_copy_write(job);
 	}
+	blk_finish_plug(&plug);
+	core->nr_buffered = 0;
 }
 
 /*
@@ -763,11 +787,13 @@ static void process_writes(struct fleece_core *core)
 /*
  * Starts the copies that wait for buffers, oldest first.  A job that was
  * failed or released meanwhile, or whose snapshot ended, ends unstarted.
+ * Returns how many origin reads it submitted.
  */
-static void start_jobs(struct fleece_core *core)
+static unsigned int start_jobs(struct fleece_core *core)
 {
 	struct fleece_copy_job *job;
 	struct fleece_snapshot *s;
+	unsigned int started = 0;
 	bool skip;
 
 	for (;;) {
@@ -781,7 +807,7 @@ static void start_jobs(struct fleece_core *core)
 			list_del_init(&job->work_entry);
 		spin_unlock_irq(&core->lock);
 		if (!job)
-			return;
+			return started;
 		if (skip) {
 			end_job(core, job);
 			continue;
@@ -792,27 +818,65 @@ static void start_jobs(struct fleece_core *core)
 		 * Only we take jobs off.
 		 */
 		if (!get_job_resources(core, job, !atomic_read(&s->copies_in_io)))
-			return;
+			return started;
 		spin_lock_irq(&core->lock);
 		list_del_init(&job->work_entry);
 		spin_unlock_irq(&core->lock);
 		submit_copy_read(job);
+		started++;
 	}
+}
+
+/*
+ * True when the exception writes of the buffered copies wait for a later
+ * run.  Only under break_snapshot, where no guest write waits for them, and
+ * while no view read does.  A run that let guest writes go holds them, so
+ * that the writers it woke submit their next writes before the worker spends
+ * the CPU on writes nobody waits for; so does a run that started copies when
+ * the completion of one of them queued the worker again already (a device
+ * that completes at once).  A run that did neither submits them, together
+ * and merged.  So does a run that holds a quarter of max_copies: held copies
+ * must not stall new first writes, and the write that waits behind a flush
+ * pays for all of it.
+ */
+static bool hold_copy_writes(struct fleece_core *core, unsigned int buffered,
+			     unsigned int started)
+{
+	struct fleece_snapshot *s;
+	bool hold;
+
+	spin_lock_irq(&core->lock);
+	s = core->snap;
+	hold = s && core->state == FLEECE_ACTIVE && !core->reads_wait_copy &&
+	       s->policy == FLEECE_BREAK_SNAPSHOT &&
+	       core->nr_buffered < DIV_ROUND_UP(s->max_copies, 4) &&
+	       (buffered || (started && work_pending(&core->worker)));
+	core->reads_wait_copy = false;
+	/* Come back once the writers that this run let go have had the CPU. */
+	if (hold && buffered)
+		fleece_kick(core);
+	spin_unlock_irq(&core->lock);
+	return hold;
 }
 
 void fleece_worker(struct work_struct *work)
 {
 	struct fleece_core *core = container_of(work, struct fleece_core, worker);
+	unsigned int buffered, started;
 	struct blk_plug plug;
 
 	/* Requests are dispatched together; see the top of the file. */
 	blk_start_plug(&plug);
-	process_finished_jobs(core, &plug);
+	buffered = process_finished_jobs(core, &plug);
 	process_releases(core);
 	process_quarantine(core);
 	process_writes(core);
-	start_jobs(core);
+	started = start_jobs(core);
 	blk_finish_plug(&plug);
+
+	if (!list_empty(&core->buffered_jobs) &&
+	    !hold_copy_writes(core, buffered, started))
+		submit_buffered_jobs(core);
 }
 
 /* Fails the copies that took longer than the cbw_timeout_ms feature allows. */

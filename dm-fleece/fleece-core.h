@@ -164,7 +164,7 @@ struct fleece_snapshot {
 struct fleece_copy_job {
 	struct fleece_range range;	/* in snap->copies */
 	struct list_head age_entry;	/* in snap->jobs_by_age */
-	/* In snap->jobs_to_start, then in core->finished_jobs. */
+	/* In snap->jobs_to_start, core->finished_jobs or core->buffered_jobs. */
 	struct list_head work_entry;
 	struct fleece_core *core;
 	struct fleece_snapshot *snap;
@@ -217,6 +217,11 @@ struct fleece_core {
 	 */
 	bool recheck_deferred;
 	bool recheck_readers;
+	/*
+	 * A view read waits for a BUFFERED copy, so the worker must not hold
+	 * exception writes back (core->lock).
+	 */
+	bool reads_wait_copy;
 
 	/*
 	 * Protects state, error, snap and everything in it marked so, and the
@@ -232,6 +237,9 @@ struct fleece_core {
 	struct bio_list view_discards;		/* releases from the view */
 	struct list_head release_requests;	/* releases from messages */
 	struct list_head finished_jobs;		/* copy I/O completed */
+	/* Only the worker uses them: copies due for their exception write. */
+	struct list_head buffered_jobs;
+	unsigned int nr_buffered;
 	unsigned int writes_waiting;		/* origin writes on any list */
 
 	/*

@@ -54,6 +54,7 @@ static struct fleece_core *core_alloc(dev_t dev)
 	bio_list_init(&core->view_discards);
 	INIT_LIST_HEAD(&core->release_requests);
 	INIT_LIST_HEAD(&core->finished_jobs);
+	INIT_LIST_HEAD(&core->buffered_jobs);
 	init_waitqueue_head(&core->writes_drained);
 	init_waitqueue_head(&core->copies_done);
 	INIT_WORK(&core->worker, fleece_worker);

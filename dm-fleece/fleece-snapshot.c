@@ -442,6 +442,9 @@ enum fleece_route __fleece_route_read(struct fleece_core *core, struct bio *bio,
 		if (in_map)
 			trim_to_chunk(bio, chunk_sectors);
 		bio_list_add(&__fleece_job_of(s, chunk)->waiting_reads, bio);
+		/* Its exception write may be held back: have it submitted. */
+		core->reads_wait_copy = true;
+		fleece_kick(core);
 		return FLEECE_ROUTE_HELD;
 	}
 	if (in_map && end < last)
