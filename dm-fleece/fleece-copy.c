@@ -39,6 +39,9 @@
 /* Chunks released under one hold of the spinlock. */
 #define FLEECE_RELEASE_BATCH	4096U
 
+/* The worker holds back the exception writes of 1/N of max_copies at most. */
+#define FLEECE_HELD_WRITES_DIVISOR	4U
+
 void fleece_submit_list(struct bio_list *issue, struct bio_list *fail)
 {
 	struct bio *bio;
@@ -481,15 +484,49 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 }
 
 /*
+ * Submits the exception writes of core->buffered_jobs, under one plug, so
+ * that writes to adjacent slots merge.  A copy whose result is no longer
+ * wanted (failed, chunk released, snapshot over) ends without its write.
+ */
+static void submit_buffered_jobs(struct fleece_core *core)
+{
+	struct fleece_copy_job *job, *tmp;
+	struct blk_plug plug;
+	LIST_HEAD(unwanted);
+
+	spin_lock_irq(&core->lock);
+	list_for_each_entry_safe(job, tmp, &core->buffered_jobs, work_entry)
+		if (job->failed || job->chunk_released || core->state != FLEECE_ACTIVE)
+			list_move_tail(&job->work_entry, &unwanted);
+	spin_unlock_irq(&core->lock);
+	list_for_each_entry_safe(job, tmp, &unwanted, work_entry) {
+		list_del_init(&job->work_entry);
+		end_job(core, job);
+	}
+
+	blk_start_plug(&plug);
+	/* Off the list before the write: it may complete at once. */
+	list_for_each_entry_safe(job, tmp, &core->buffered_jobs, work_entry) {
+		list_del_init(&job->work_entry);
+		submit_copy_write(job);
+	}
+	blk_finish_plug(&plug);
+	core->nr_buffered = 0;
+}
+
+/*
  * Finishes the copies whose I/O completed.  The guest writes that they let
  * go are dispatched at once, since a writer waits for them; the copies that
- * go on to their exception write join core->buffered_jobs.
+ * go on to their exception write join core->buffered_jobs.  Under
+ * break_write the guest writes wait for those exception writes, so they are
+ * submitted at once too.  Returns how many copies joined the list to wait.
  */
 static unsigned int process_finished_jobs(struct fleece_core *core,
 					  struct blk_plug *plug)
 {
 	struct fleece_copy_job *job, *tmp;
 	unsigned int buffered = 0;
+	bool urgent = false;
 	LIST_HEAD(jobs);
 
 	spin_lock_irq(&core->lock);
@@ -506,30 +543,16 @@ static unsigned int process_finished_jobs(struct fleece_core *core,
 			list_add_tail(&job->work_entry, &core->buffered_jobs);
 			core->nr_buffered++;
 			buffered++;
+			urgent |= job->snap->policy == FLEECE_BREAK_WRITE;
 		}
 	}
 	blk_finish_plug(plug);
 	blk_start_plug(plug);
-	return buffered;
-}
-
-/*
- * Submits the exception writes of core->buffered_jobs, under one plug, so
- * that writes to adjacent slots merge.
- */
-static void submit_buffered_jobs(struct fleece_core *core)
-{
-	struct fleece_copy_job *job, *tmp;
-	struct blk_plug plug;
-
-	blk_start_plug(&plug);
-	/* Off the list before the write: it may complete at once. */
-	list_for_each_entry_safe(job, tmp, &core->buffered_jobs, work_entry) {
-		list_del_init(&job->work_entry);
-		submit_copy_write(job);
+	if (urgent) {
+		submit_buffered_jobs(core);
+		return 0;
 	}
-	blk_finish_plug(&plug);
-	core->nr_buffered = 0;
+	return buffered;
 }
 
 /*
@@ -830,14 +853,15 @@ static unsigned int start_jobs(struct fleece_core *core)
 /*
  * True when the exception writes of the buffered copies wait for a later
  * run.  Only under break_snapshot, where no guest write waits for them, and
- * while no view read does.  A run that let guest writes go holds them, so
- * that the writers it woke submit their next writes before the worker spends
+ * while no view read does (it consumes core->reads_wait_copy).  A run that
+ * let guest writes go holds them, so that a writer it woke, if the scheduler
+ * gives it the CPU first, submits its next write before the worker spends
  * the CPU on writes nobody waits for; so does a run that started copies when
  * the completion of one of them queued the worker again already (a device
  * that completes at once).  A run that did neither submits them, together
- * and merged.  So does a run that holds a quarter of max_copies: held copies
- * must not stall new first writes, and the write that waits behind a flush
- * pays for all of it.
+ * and merged.  So does a run that holds 1/FLEECE_HELD_WRITES_DIVISOR of
+ * max_copies: held copies must not stall new first writes, and the write
+ * that waits behind a flush pays for all of it.
  */
 static bool hold_copy_writes(struct fleece_core *core, unsigned int buffered,
 			     unsigned int started)
@@ -849,12 +873,9 @@ static bool hold_copy_writes(struct fleece_core *core, unsigned int buffered,
 	s = core->snap;
 	hold = s && core->state == FLEECE_ACTIVE && !core->reads_wait_copy &&
 	       s->policy == FLEECE_BREAK_SNAPSHOT &&
-	       core->nr_buffered < DIV_ROUND_UP(s->max_copies, 4) &&
+	       core->nr_buffered < DIV_ROUND_UP(s->max_copies, FLEECE_HELD_WRITES_DIVISOR) &&
 	       (buffered || (started && work_pending(&core->worker)));
 	core->reads_wait_copy = false;
-	/* Come back once the writers that this run let go have had the CPU. */
-	if (hold && buffered)
-		fleece_kick(core);
 	spin_unlock_irq(&core->lock);
 	return hold;
 }
@@ -874,9 +895,12 @@ void fleece_worker(struct work_struct *work)
 	started = start_jobs(core);
 	blk_finish_plug(&plug);
 
-	if (!list_empty(&core->buffered_jobs) &&
-	    !hold_copy_writes(core, buffered, started))
+	if (list_empty(&core->buffered_jobs))
+		return;
+	if (!hold_copy_writes(core, buffered, started))
 		submit_buffered_jobs(core);
+	else if (buffered)
+		fleece_kick(core);	/* a run that holds nothing submits them */
 }
 
 /* Fails the copies that took longer than the cbw_timeout_ms feature allows. */

@@ -159,7 +159,8 @@ struct fleece_snapshot {
 /*
  * One copy-before-write of one chunk: origin -> memory -> exception slot.
  * Allocated by the worker from snap->job_pool; all fields but the pages and
- * the bio are protected by core->lock.
+ * the bio are protected by core->lock, and so is work_entry, except while
+ * the job is on the worker's own core->buffered_jobs.
  */
 struct fleece_copy_job {
 	struct fleece_range range;	/* in snap->copies */
@@ -171,7 +172,7 @@ struct fleece_copy_job {
 	u32 chunk;
 	u32 slot;			/* FLEECE_NO_SLOT once the map owns it */
 	unsigned long started;		/* jiffies */
-	bool writing;			/* the exception write was submitted */
+	bool writing;			/* the exception write is due or submitted */
 	bool origin_released;		/* guest writes to the chunk may go */
 	bool chunk_released;		/* the backup released the chunk */
 	bool failed;			/* error or timeout; result discarded */
@@ -237,10 +238,15 @@ struct fleece_core {
 	struct bio_list view_discards;		/* releases from the view */
 	struct list_head release_requests;	/* releases from messages */
 	struct list_head finished_jobs;		/* copy I/O completed */
-	/* Only the worker uses them: copies due for their exception write. */
+	unsigned int writes_waiting;		/* origin writes on any list */
+
+	/*
+	 * Copies whose exception write is due and held back, and their count.
+	 * Only the worker uses them, and a work item never runs twice at once,
+	 * so they need no lock.  Empty whenever no copy is in flight.
+	 */
 	struct list_head buffered_jobs;
 	unsigned int nr_buffered;
-	unsigned int writes_waiting;		/* origin writes on any list */
 
 	/*
 	 * Held by every origin write from map() to end_io().  Killed and

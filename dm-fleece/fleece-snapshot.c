@@ -213,6 +213,8 @@ void fleece_snapshot_end(struct fleece_core *core)
 	/* A worker run that still uses @s ends before these return. */
 	flush_work(&core->worker);
 	cancel_delayed_work_sync(&core->timeout_work);
+	/* Held exception writes belong to copies in flight: there are none. */
+	WARN_ON_ONCE(!list_empty(&core->buffered_jobs));
 
 	DMINFO("%u:%u: snapshot ended: %llu chunks copied, %llu released",
 	       MAJOR(core->dev), MINOR(core->dev),
