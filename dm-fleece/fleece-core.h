@@ -31,13 +31,12 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
+#include <dm-fleece.h>
+
 #include "fleece-compat.h"
 #include "fleece-exception-map.h"
 
 #define DM_MSG_PREFIX "fleece"
-
-#define FLEECE_MIN_CHUNK_SECTORS	8U	/* 4 KiB */
-#define FLEECE_MAX_CHUNK_SECTORS	2048U	/* 1 MiB */
 
 /**
  * enum fleece_state - state of the snapshot of an origin

@@ -22,7 +22,7 @@ static int parse_chunk_size(struct dm_arg_set *as, sector_t *chunk_sectors,
 	unsigned int v;
 
 	if (kstrtouint(dm_shift_arg(as), 10, &v) || !is_power_of_2(v) ||
-	    v < FLEECE_MIN_CHUNK_SECTORS || v > FLEECE_MAX_CHUNK_SECTORS) {
+	    v < DM_FLEECE_MIN_CHUNK_SECTORS || v > DM_FLEECE_MAX_CHUNK_SECTORS) {
 		*error = "Invalid chunk size: it must be a power of two from 8 to 2048 sectors.";
 		return -EINVAL;
 	}
@@ -194,7 +194,7 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 }
 
 struct target_type fleece_origin_target = {
-	.name = "fleece",
+	.name = DM_FLEECE_ORIGIN_TARGET,
 	.version = {1, 0, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,

@@ -9,18 +9,15 @@
 
 #include "fleece-core.h"
 
-#define FLEECE_MAX_TIMEOUT_MS	3600000U
-#define FLEECE_MAX_COPIES	1024U
-
 static int parse_feature(struct dm_arg_set *as, struct fleece_view *view,
 			 char **error)
 {
 	static const struct dm_arg timeout_arg = {
-		0, FLEECE_MAX_TIMEOUT_MS,
+		0, DM_FLEECE_MAX_CBW_TIMEOUT_MS,
 		"Invalid cbw_timeout_ms: it must be from 0 to 3600000 milliseconds."
 	};
 	static const struct dm_arg copies_arg = {
-		1, FLEECE_MAX_COPIES,
+		1, DM_FLEECE_MAX_COPIES,
 		"Invalid max_copies: it must be from 1 to 1024."
 	};
 	const char *name = dm_shift_arg(as);
@@ -299,7 +296,7 @@ static int fleece_view_message(struct dm_target *ti, unsigned int argc,
 	sector_t chunk_sectors = READ_ONCE(view->core->chunk_sectors);
 	unsigned long long start, len, first, end;
 
-	if (argc != 3 || strcasecmp(argv[0], "release")) {
+	if (argc != 3 || strcasecmp(argv[0], DM_FLEECE_MSG_RELEASE)) {
 		DMERR("Invalid message: expected release <start sector> <nr sectors>.");
 		return -EINVAL;
 	}
@@ -344,7 +341,7 @@ static int fleece_view_iterate_devices(struct dm_target *ti,
 }
 
 struct target_type fleece_view_target = {
-	.name = "fleece-view",
+	.name = DM_FLEECE_VIEW_TARGET,
 	.version = {1, 0, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_view_ctr,

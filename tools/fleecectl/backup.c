@@ -219,7 +219,7 @@ static int release_range(struct fleece_set *s, int out, uint64_t from, uint64_t 
 		return 0;
 	if (fdatasync(out))
 		return err(EXIT_IO, s->name, "cannot sync the output before releasing: %s", strerror(errno));
-	snprintf(m, sizeof(m), "release %" PRIu64 " %" PRIu64, from / 512, (to - from) / 512);
+	snprintf(m, sizeof(m), DM_FLEECE_MSG_RELEASE " %" PRIu64 " %" PRIu64, from / 512, (to - from) / 512);
 	if (dmx_message(s->view, m, NULL, 0)) {
 		warn_msg(s->view, "release %" PRIu64 "..%" PRIu64 " failed: %s", from, to, strerror(dmx_errno));
 		return 0;

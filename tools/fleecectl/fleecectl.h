@@ -20,6 +20,9 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+/* What the kernel targets and fleecectl share (../../include). */
+#include <dm-fleece.h>
+
 #define FLEECECTL_VERSION "0.1.0"
 
 /* ---- exit codes (documented in Documentation/fleecectl.rst) ---- */
@@ -47,12 +50,12 @@ enum fleece_exit {
 #define NAME_MAX_LEN 100	/* keeps name + suffix and UUID within DM limits */
 #define DMNAME_LEN 128
 
-#define TARGET_ORIGIN "fleece"
-#define TARGET_VIEW "fleece-view"
+#define TARGET_ORIGIN DM_FLEECE_ORIGIN_TARGET
+#define TARGET_VIEW DM_FLEECE_VIEW_TARGET
 
 /* ---- chunk sizes, in 512-byte sectors ---- */
-#define CHUNK_MIN_SECTORS 8u		/* 4 KiB */
-#define CHUNK_MAX_SECTORS 2048u		/* 1 MiB */
+#define CHUNK_MIN_SECTORS DM_FLEECE_MIN_CHUNK_SECTORS
+#define CHUNK_MAX_SECTORS DM_FLEECE_MAX_CHUNK_SECTORS
 #define CHUNK_DEFAULT_SECTORS 128u	/* 64 KiB */
 /* A new exception file is this percentage of the origin unless --size. */
 #define EXCEPTION_DEFAULT_PERCENT 25u

@@ -63,7 +63,7 @@ int cmd_release(int argc, char **argv)
 		return err(EXIT_USAGE, s.view, "range %" PRIu64 "+%" PRIu64 " is beyond its end (%" PRIu64 " bytes)",
 			   o.offset, o.length, s.size_sectors * 512);
 	before = s.st.chunks_released;
-	snprintf(m, sizeof(m), "release %" PRIu64 " %" PRIu64, o.offset / 512, o.length / 512);
+	snprintf(m, sizeof(m), DM_FLEECE_MSG_RELEASE " %" PRIu64 " %" PRIu64, o.offset / 512, o.length / 512);
 	if (dmx_message(s.view, m, NULL, 0))
 		return err(EXIT_FAIL, s.view, "the kernel refused \"%s\": %s", m, strerror(dmx_errno));
 	set_refresh(&s);

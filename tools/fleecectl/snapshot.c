@@ -66,14 +66,15 @@ int parse_snapshot_opts(int argc, char **argv, struct snapshot_opts *o)
 					   optarg);
 			break;
 		case 'T':
-			if (parse_u64(optarg, &v) || v > 3600000)
-				return err(EXIT_USAGE, NULL, "invalid --cbw-timeout \"%s\": milliseconds, 0..3600000",
-					   optarg);
+			if (parse_u64(optarg, &v) || v > DM_FLEECE_MAX_CBW_TIMEOUT_MS)
+				return err(EXIT_USAGE, NULL, "invalid --cbw-timeout \"%s\": milliseconds, 0..%u",
+					   optarg, DM_FLEECE_MAX_CBW_TIMEOUT_MS);
 			o->vt.cbw_timeout_ms = v;
 			break;
 		case 'M':
-			if (parse_u64(optarg, &v) || v == 0 || v > 65536)
-				return err(EXIT_USAGE, NULL, "invalid --max-copies \"%s\": 1..65536", optarg);
+			if (parse_u64(optarg, &v) || v == 0 || v > DM_FLEECE_MAX_COPIES)
+				return err(EXIT_USAGE, NULL, "invalid --max-copies \"%s\": 1..%u", optarg,
+					   DM_FLEECE_MAX_COPIES);
 			o->vt.max_copies = v;
 			break;
 		default:

@@ -75,7 +75,7 @@ int parse_status_info(const char *params, struct fleece_status *st)
 	int n = split(params, buf, sizeof(buf), w, MAX_WORDS);
 
 	memset(st, 0, sizeof(*st));
-	if (n < 10)
+	if (n < DM_FLEECE_STATUS_FIELDS)
 		return -1;
 	if (!strcmp(w[0], "idle"))
 		st->state = ST_IDLE;

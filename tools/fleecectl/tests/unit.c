@@ -487,6 +487,17 @@ static void test_options(void)
 	   "snapshot: bad --cbw-error");
 	ok(PARSE(parse_snapshot_opts, &s, "snapshot", "vm1", "-e", "/f", "--cbw-timeout", "-5") == EXIT_USAGE,
 	   "snapshot: bad --cbw-timeout");
+	/* The kernel's limits (include/dm-fleece.h): refused here, not by the table load. */
+	ok(PARSE(parse_snapshot_opts, &s, "snapshot", "vm1", "-e", "/f", "--cbw-timeout", "3600000") == 0 &&
+	   s.vt.cbw_timeout_ms == 3600000, "snapshot: --cbw-timeout at the kernel's limit");
+	ok(PARSE(parse_snapshot_opts, &s, "snapshot", "vm1", "-e", "/f", "--cbw-timeout", "3600001") == EXIT_USAGE,
+	   "snapshot: --cbw-timeout past the kernel's limit");
+	ok(PARSE(parse_snapshot_opts, &s, "snapshot", "vm1", "-e", "/f", "--max-copies", "1024") == 0 &&
+	   s.vt.max_copies == 1024, "snapshot: --max-copies at the kernel's limit");
+	ok(PARSE(parse_snapshot_opts, &s, "snapshot", "vm1", "-e", "/f", "--max-copies", "1025") == EXIT_USAGE,
+	   "snapshot: --max-copies past the kernel's limit");
+	ok(PARSE(parse_snapshot_opts, &s, "snapshot", "vm1", "-e", "/f", "--max-copies", "0") == EXIT_USAGE,
+	   "snapshot: --max-copies 0");
 	ok(PARSE(parse_snapshot_opts, &s, "snapshot", "vm1", "-e", "/f", "--size", "0") == EXIT_USAGE,
 	   "snapshot: --size 0 is refused");
 
