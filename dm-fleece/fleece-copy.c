@@ -39,8 +39,13 @@
 /* Chunks released under one hold of the spinlock. */
 #define FLEECE_RELEASE_BATCH	4096U
 
-/* The worker holds back the exception writes of 1/N of max_copies at most. */
+/*
+ * The worker holds back the exception writes of 1/N of max_copies, and of
+ * this many bytes, at most: the write that waits behind their flush pays
+ * for all of them.
+ */
 #define FLEECE_HELD_WRITES_DIVISOR	4U
+#define FLEECE_HELD_WRITES_BYTES	(128U << 10)
 
 void fleece_submit_list(struct bio_list *issue, struct bio_list *fail)
 {
@@ -859,10 +864,18 @@ static unsigned int start_jobs(struct fleece_core *core)
  * the CPU on writes nobody waits for; so does a run that started copies when
  * the completion of one of them queued the worker again already (a device
  * that completes at once).  A run that did neither submits them, together
- * and merged.  So does a run that holds 1/FLEECE_HELD_WRITES_DIVISOR of
- * max_copies: held copies must not stall new first writes, and the write
- * that waits behind a flush pays for all of it.
+ * and merged.  So does a run that holds held_writes_limit() copies: held
+ * copies must not stall new first writes, and the write that waits behind
+ * a flush pays for all of it.
  */
+/* How many exception writes the worker may hold back at most. */
+static unsigned int held_writes_limit(struct fleece_snapshot *s)
+{
+	unsigned int by_bytes = FLEECE_HELD_WRITES_BYTES >> (s->chunk_shift + SECTOR_SHIFT);
+
+	return min(DIV_ROUND_UP(s->max_copies, FLEECE_HELD_WRITES_DIVISOR), by_bytes);
+}
+
 static bool hold_copy_writes(struct fleece_core *core, unsigned int buffered,
 			     unsigned int started)
 {
@@ -873,7 +886,7 @@ static bool hold_copy_writes(struct fleece_core *core, unsigned int buffered,
 	s = core->snap;
 	hold = s && core->state == FLEECE_ACTIVE && !core->reads_wait_copy &&
 	       s->policy == FLEECE_BREAK_SNAPSHOT &&
-	       core->nr_buffered < DIV_ROUND_UP(s->max_copies, FLEECE_HELD_WRITES_DIVISOR) &&
+	       core->nr_buffered < held_writes_limit(s) &&
 	       (buffered || (started && work_pending(&core->worker)));
 	core->reads_wait_copy = false;
 	spin_unlock_irq(&core->lock);
