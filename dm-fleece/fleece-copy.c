@@ -18,7 +18,8 @@
  * worker may hold exception writes back for a few runs (hold_copy_writes())
  * while guest writes keep it busy: a writer that a copy let go then gets the
  * CPU before them, and the held writes go out together.  At most a quarter
- * of max_copies are held, and never while a view read waits for one.
+ * of max_copies or 128 KiB are held, and none while a view read waits for
+ * one.
  *
  * The worker runs at normal priority and submits under a plug: completions
  * that arrive while the submitter still runs then pile up and are handled
@@ -855,6 +856,14 @@ static unsigned int start_jobs(struct fleece_core *core)
 	}
 }
 
+/* How many exception writes the worker may hold back at most. */
+static unsigned int held_writes_limit(struct fleece_snapshot *s)
+{
+	unsigned int by_bytes = FLEECE_HELD_WRITES_BYTES >> (s->chunk_shift + SECTOR_SHIFT);
+
+	return min(DIV_ROUND_UP(s->max_copies, FLEECE_HELD_WRITES_DIVISOR), by_bytes);
+}
+
 /*
  * True when the exception writes of the buffered copies wait for a later
  * run.  Only under break_snapshot, where no guest write waits for them, and
@@ -868,14 +877,6 @@ static unsigned int start_jobs(struct fleece_core *core)
  * copies must not stall new first writes, and the write that waits behind
  * a flush pays for all of it.
  */
-/* How many exception writes the worker may hold back at most. */
-static unsigned int held_writes_limit(struct fleece_snapshot *s)
-{
-	unsigned int by_bytes = FLEECE_HELD_WRITES_BYTES >> (s->chunk_shift + SECTOR_SHIFT);
-
-	return min(DIV_ROUND_UP(s->max_copies, FLEECE_HELD_WRITES_DIVISOR), by_bytes);
-}
-
 static bool hold_copy_writes(struct fleece_core *core, unsigned int buffered,
 			     unsigned int started)
 {
