@@ -491,24 +491,14 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 
 /*
  * Submits the exception writes of core->buffered_jobs, under one plug, so
- * that writes to adjacent slots merge.  A copy whose result is no longer
- * wanted (failed, chunk released, snapshot over) ends without its write.
+ * that writes to adjacent slots merge.  A copy that failed or was released
+ * while held is written all the same: finish_write() drops its result, as
+ * for one that failed or was released while its write was in flight.
  */
 static void submit_buffered_jobs(struct fleece_core *core)
 {
 	struct fleece_copy_job *job, *tmp;
 	struct blk_plug plug;
-	LIST_HEAD(unwanted);
-
-	spin_lock_irq(&core->lock);
-	list_for_each_entry_safe(job, tmp, &core->buffered_jobs, work_entry)
-		if (job->failed || job->chunk_released || core->state != FLEECE_ACTIVE)
-			list_move_tail(&job->work_entry, &unwanted);
-	spin_unlock_irq(&core->lock);
-	list_for_each_entry_safe(job, tmp, &unwanted, work_entry) {
-		list_del_init(&job->work_entry);
-		end_job(core, job);
-	}
 
 	blk_start_plug(&plug);
 	/* Off the list before the write: it may complete at once. */
