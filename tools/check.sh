@@ -232,7 +232,11 @@ shown=0
 show_results() {
 	local k=$1 run=$2 idx name verdict p f s secs rc notes
 	[ -f "$run/results.tsv" ] || return 0
+	# Count what is read, not what the file holds afterwards: the guest
+	# may append a line meanwhile, and it must be shown next time.  A
+	# last line still without its newline is not read yet either.
 	while IFS=$'\t' read -r idx name verdict p f s secs rc notes; do
+		shown=$((shown + 1))
 		P=$((P + p)) F=$((F + f)) S=$((S + s))
 		line "$verdict" "$name" "$(counts "$p" "$f" "$s")  ${secs}s"
 		record "$k" "$name" "$verdict" "$p" "$f" "$s" "$secs" "$notes"
@@ -255,7 +259,6 @@ show_results() {
 			echo "    # $notes"
 		fi
 	done < <(tail -n +$((shown + 1)) "$run/results.tsv")
-	shown=$(wc -l <"$run/results.tsv")
 }
 
 run_guest() {
