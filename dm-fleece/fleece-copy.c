@@ -11,7 +11,7 @@
  * read; the read's completion queues the job back; the worker submits the
  * exception write and, under break_snapshot, releases the writes.  The
  * completion of the exception write finishes the copy itself when nothing
- * waits on it and the exception map has room (__finish_write_now()); the
+ * waits on it and the exception map needs no page for the slot (__finish_write_now()); the
  * worker does it otherwise.
  *
  * Under break_snapshot no guest write waits for an exception write, so the
@@ -37,8 +37,11 @@
 
 #include "fleece-core.h"
 
-/* Chunks released under one hold of the spinlock. */
+/* Chunks released, and bits of a bitmap scanned, under one hold of the lock. */
 #define FLEECE_RELEASE_BATCH	4096U
+#define FLEECE_SCAN_BITS	32768UL
+/* Chunks released per worker run; the rest waits for the next run. */
+#define FLEECE_RELEASE_PER_RUN	65536U
 
 /*
  * The worker holds back the exception writes of 1/N of max_copies, and of
@@ -58,21 +61,27 @@ void fleece_submit_list(struct bio_list *issue, struct bio_list *fail)
 		bio_io_error(bio);
 }
 
-/*
- * __fleece_invalidate() - break the snapshot (break_snapshot policy).
- *
- * Caller holds core->lock.  Every held origin write is moved to @issue and
- * every held view read to @fail; the jobs in flight finish on their own and
- * their results are dropped.
- */
+/* Counts @job as failed, once.  Caller holds core->lock. */
 static void __mark_failed(struct fleece_snapshot *s, struct fleece_copy_job *job)
 {
+	lockdep_assert_held(&s->core->lock);
 	if (!job->failed) {
 		job->failed = true;
 		s->copies_failed++;
 	}
 }
 
+/**
+ * __fleece_invalidate() - break the snapshot.
+ * @core: the core; caller holds core->lock.
+ * @error: why, for the status.
+ * @issue: gets every held origin write, to submit after the unlock.
+ * @fail: gets every held view read (on a job, or held while the origin is
+ *	suspended), to fail after the unlock.
+ *
+ * The jobs in flight finish on their own and their results are dropped.
+ * Does nothing unless the snapshot is active.
+ */
 void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 			 struct bio_list *issue, struct bio_list *fail)
 {
@@ -80,6 +89,7 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 	struct fleece_copy_job *job;
 	struct bio *bio;
 
+	lockdep_assert_held(&core->lock);
 	if (core->state != FLEECE_ACTIVE)
 		return;
 	core->state = FLEECE_INVALID;
@@ -93,6 +103,8 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 	}
 	while ((bio = __fleece_pop_write(core, &core->reader_blocked)))
 		bio_list_add(issue, bio);
+	bio_list_merge(fail, &core->reads_on_hold);
+	bio_list_init(&core->reads_on_hold);
 	DMERR_LIMIT("%u:%u: snapshot invalidated: %s", MAJOR(core->dev),
 		    MINOR(core->dev), fleece_error_name(error));
 	/* The deferred writes go through as they are now. */
@@ -101,20 +113,26 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 	schedule_work(&core->event_work);
 }
 
-/*
+/**
  * __fleece_fail_copy() - apply the copy-error policy to @job.
- *
- * Caller holds core->lock.  break_snapshot invalidates the snapshot and lets
+ * @core: the core; caller holds core->lock.
+ * @job: the copy that failed or timed out.
+ * @error: why, for the status.
+ * @issue: gets origin writes to submit after the unlock.
+ * @fail: gets bios to fail after the unlock.
+ *  break_snapshot invalidates the snapshot and lets
  * the writes go; break_write fails the writes waiting on @job (to @fail) and
  * keeps the snapshot.  Later writes to the chunk fail while the job's I/O is
  * still in flight and start a new copy once it has finished.
  */
-void __fleece_fail_copy(struct fleece_core *core, struct fleece_copy_job *job,
-			enum fleece_error error, struct bio_list *issue,
-			struct bio_list *fail)
+static void __fleece_fail_copy(struct fleece_core *core,
+			       struct fleece_copy_job *job,
+			       enum fleece_error error, struct bio_list *issue,
+			       struct bio_list *fail)
 {
 	struct bio *bio;
 
+	lockdep_assert_held(&core->lock);
 	if (job->chunk_released) {
 		/* The backup no longer needs the chunk: nothing is lost. */
 		__mark_failed(job->snap, job);
@@ -146,6 +164,7 @@ static void __fleece_fail_copy_nojob(struct fleece_core *core,
 				     enum fleece_error error,
 				     struct bio_list *issue, struct bio_list *fail)
 {
+	lockdep_assert_held(&core->lock);
 	core->error = error;
 	if (core->snap->policy == FLEECE_BREAK_SNAPSHOT)
 		__fleece_invalidate(core, error, issue, fail);
@@ -153,14 +172,37 @@ static void __fleece_fail_copy_nojob(struct fleece_core *core,
 		schedule_work(&core->event_work);
 }
 
+/* Frees exception slot @slot.  Caller holds core->lock. */
+static void __free_slot(struct fleece_snapshot *s, u32 slot)
+{
+	lockdep_assert_held(&s->core->lock);
+	__clear_bit(slot, s->slot_used);
+	__clear_bit(slot / BITS_PER_LONG, s->slot_words_full);
+	s->slots_used--;
+	if (slot < s->slot_hint)
+		s->slot_hint = slot;
+}
+
+/*
+ * The lowest free exception slot, taken, or FLEECE_NO_SLOT.  The summary
+ * bitmap of full words bounds the scan, done with interrupts off, to one
+ * bit per 64 slots past the hint.
+ */
 static u32 __alloc_slot(struct fleece_snapshot *s)
 {
-	unsigned long slot = find_next_zero_bit(s->slot_used, s->nr_slots,
-						s->slot_hint);
+	unsigned long nr_words = BITS_TO_LONGS(s->nr_slots);
+	unsigned long word, slot;
 
-	if (slot >= s->nr_slots)
+	lockdep_assert_held(&s->core->lock);
+	word = find_next_zero_bit(s->slot_words_full, nr_words,
+				  s->slot_hint / BITS_PER_LONG);
+	if (word >= nr_words)
 		return FLEECE_NO_SLOT;
+	/* The bits past nr_slots are set: see snapshot_alloc(). */
+	slot = word * BITS_PER_LONG + ffz(s->slot_used[word]);
 	__set_bit(slot, s->slot_used);
+	if (s->slot_used[word] == ~0UL)
+		__set_bit(word, s->slot_words_full);
 	s->slots_used++;
 	s->slot_hint = slot + 1;
 	return slot;
@@ -173,6 +215,7 @@ static u32 __alloc_slot(struct fleece_snapshot *s)
 static void __sort_write(struct fleece_core *core, struct bio *bio,
 			 struct bio_list *issue, struct bio_list *fail)
 {
+	lockdep_assert_held(&core->lock);
 	switch (__fleece_route_write(core, bio, fleece_origin_io(bio))) {
 	case FLEECE_ROUTE_ISSUE:
 		bio_list_add(issue, bio);
@@ -195,6 +238,7 @@ static void __sort_read(struct fleece_core *core, struct bio *bio,
 {
 	enum fleece_route route = FLEECE_ROUTE_FAIL;
 
+	lockdep_assert_held(&core->lock);
 	if (core->snap)
 		route = __fleece_route_read(core, bio, fleece_view_io(bio), false);
 	if (route == FLEECE_ROUTE_ISSUE)
@@ -208,10 +252,11 @@ static void __unlink_job(struct fleece_core *core, struct fleece_copy_job *job)
 {
 	struct fleece_snapshot *s = job->snap;
 
+	lockdep_assert_held(&core->lock);
 	fleece_range_remove(&job->range, &s->copies);
 	list_del(&job->age_entry);
 	if (job->slot != FLEECE_NO_SLOT)
-		__fleece_free_slot(s, job->slot);
+		__free_slot(s, job->slot);
 	s->copies_in_flight--;
 	if (job->failed)
 		s->copies_failed--;
@@ -228,6 +273,7 @@ static void __retire_job(struct fleece_core *core, struct fleece_copy_job *job,
 	struct bio_list reads = job->waiting_reads;
 	struct bio *bio;
 
+	lockdep_assert_held(&core->lock);
 	__unlink_job(core, job);
 	while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
 		__sort_write(core, bio, issue, fail);
@@ -260,8 +306,9 @@ static void put_job_resources(struct fleece_copy_job *job)
  * Completes a copy whose exception write landed, from the write's completion
  * (core->lock held), when that needs neither memory nor a submission: the
  * chunk is still wanted, no bio waits on the job, and the exception map has
- * room.  Returns false, and the worker does it, otherwise.  The job is freed
- * under the lock: snapshot_end() takes the lock before it frees the pools.
+ * the slot's pages (fleece_emap_ready()).  Returns false, and the worker
+ * does it, otherwise.  The job is freed under the lock: snapshot_end()
+ * takes the lock before it frees the pools.
  * No wake_up(&core->copies_done): the snapshot is active, so
  * fleece_snapshot_end() is not waiting.
  */
@@ -270,11 +317,12 @@ static bool __finish_write_now(struct fleece_core *core,
 {
 	struct fleece_snapshot *s = job->snap;
 
+	lockdep_assert_held(&core->lock);
 	if (job->status || job->failed || job->chunk_released ||
-	    core->state != FLEECE_ACTIVE || s->map_growing ||
+	    core->state != FLEECE_ACTIVE ||
 	    !bio_list_empty(&job->waiting_writes) ||
 	    !bio_list_empty(&job->waiting_reads) ||
-	    !fleece_emap_has_room(&s->map, job->slot))
+	    !fleece_emap_ready(&s->map, job->slot))
 		return false;
 
 	fleece_emap_insert(&s->map, job->chunk, job->slot);
@@ -315,7 +363,7 @@ static void copy_endio(struct bio *bio)
 static unsigned int job_sectors(struct fleece_copy_job *job)
 {
 	struct fleece_snapshot *s = job->snap;
-	sector_t start = (sector_t)job->chunk << s->chunk_shift;
+	sector_t start = fleece_chunk_to_sector(s, job->chunk);
 
 	return min_t(sector_t, (sector_t)1 << s->chunk_shift, s->nr_sectors - start);
 }
@@ -365,7 +413,7 @@ static void submit_copy_read(struct fleece_copy_job *job)
 {
 	struct bio *bio = job->bio;
 
-	bio->bi_iter.bi_sector = (sector_t)job->chunk << job->snap->chunk_shift;
+	bio->bi_iter.bi_sector = fleece_chunk_to_sector(job->snap, job->chunk);
 	bio->bi_end_io = copy_endio;
 	bio->bi_private = job;
 	add_job_pages(job, bio);
@@ -379,7 +427,8 @@ static void submit_copy_write(struct fleece_copy_job *job)
 	struct bio *bio = job->bio;
 
 	bio_reset(bio, s->exception_bdev, REQ_OP_WRITE);
-	bio->bi_iter.bi_sector = (sector_t)job->slot << s->chunk_shift;
+	/* A slot is a chunk of the exception device. */
+	bio->bi_iter.bi_sector = fleece_chunk_to_sector(s, job->slot);
 	bio->bi_end_io = copy_endio;
 	bio->bi_private = job;
 	add_job_pages(job, bio);
@@ -451,20 +500,13 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 {
 	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
 	struct fleece_snapshot *s = job->snap;
-	u32 *grown = NULL, *old = NULL;
 	int r = 0;
 
+	/* The worker is the only one to add pages to the map: no lock. */
+	if (!job->status && !fleece_emap_ready(&s->map, job->slot))
+		r = fleece_emap_prepare(&s->map, job->slot);
+
 	spin_lock_irq(&core->lock);
-	if (!job->status && !fleece_emap_has_room(&s->map, job->slot)) {
-		/* Completions must not insert while the buckets are rebuilt. */
-		s->map_growing = true;
-		spin_unlock_irq(&core->lock);
-		r = fleece_emap_reserve(&s->map, job->slot, &grown);
-		spin_lock_irq(&core->lock);
-		if (grown)
-			old = fleece_emap_swap(&s->map, grown);
-		s->map_growing = false;
-	}
 	if (job->status) {
 		/* Never reuse a slot the exception device failed to write. */
 		job->slot = FLEECE_NO_SLOT;
@@ -484,7 +526,6 @@ static void finish_write(struct fleece_core *core, struct fleece_copy_job *job)
 	__retire_job(core, job, &issue, &fail);
 	spin_unlock_irq(&core->lock);
 
-	kvfree(old);
 	fleece_submit_list(&issue, &fail);
 	free_job(core, job);
 }
@@ -552,54 +593,138 @@ static unsigned int process_finished_jobs(struct fleece_core *core,
 }
 
 /*
+ * Routes again the view reads held while the origin was suspended, once a
+ * fleece instance is live and running again (fleece_core_adopt()).  Each
+ * covers one chunk.
+ */
+static void process_held_reads(struct fleece_core *core)
+{
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+	struct bio_list reads;
+	struct bio *bio;
+
+	/*
+	 * Unlocked peek: reads are held before fleece_core_adopt() kicks the
+	 * worker, and queue_work() orders that for the run it queues.
+	 */
+	if (!READ_ONCE(core->reads_on_hold.head))
+		return;
+	spin_lock_irq(&core->lock);
+	if (!core->origin_running) {
+		spin_unlock_irq(&core->lock);
+		return;
+	}
+	reads = core->reads_on_hold;
+	bio_list_init(&core->reads_on_hold);
+	while ((bio = bio_list_pop(&reads)))
+		__sort_read(core, bio, &issue, &fail);
+	spin_unlock_irq(&core->lock);
+	fleece_submit_list(&issue, &fail);
+}
+
+/*
+ * Closes the open quarantine batch, if no batch is closed: see the comment
+ * on quarantine_open in struct fleece_snapshot.  Caller holds core->lock.
+ */
+static void __close_quarantine(struct fleece_snapshot *s)
+{
+	lockdep_assert_held(&s->core->lock);
+	if (s->nr_closed || !s->nr_open)
+		return;
+	swap(s->quarantine_open, s->quarantine_closed);
+	s->nr_closed = s->nr_open;
+	s->nr_open = 0;
+	s->closed_cursor = 0;
+	s->closed_epoch = s->read_epoch;
+	s->read_epoch ^= 1;
+}
+
+/*
  * Frees @slot of a released chunk, or quarantines it while view reads of
  * the exception device are in flight: one of them may be reading it.
+ * Caller holds core->lock.
  */
 static void __release_slot(struct fleece_snapshot *s, u32 slot)
 {
-	if (s->exception_reads) {
-		__set_bit(slot, s->slot_quarantine);
-		s->nr_quarantined++;
+	lockdep_assert_held(&s->core->lock);
+	if (!s->exception_reads[0] && !s->exception_reads[1]) {
+		__free_slot(s, slot);
 		return;
 	}
-	__fleece_free_slot(s, slot);
+	__set_bit(slot, s->quarantine_open);
+	s->nr_open++;
+	__close_quarantine(s);
 }
 
-/* Frees the quarantined slots once no view read of the exception device is left. */
+/*
+ * Frees the closed quarantine batch once the reads it waits for are done,
+ * then closes the open one.  Scans a bounded part of the bitmap per hold of
+ * the lock, interrupts being off meanwhile.  Only the worker changes the
+ * closed batch, so the scan may go on after the lock was dropped.
+ */
 static void process_quarantine(struct fleece_core *core)
 {
 	struct fleece_snapshot *s;
-	unsigned long slot;
+	unsigned long slot, end;
 
-	spin_lock_irq(&core->lock);
-	s = core->snap;
-	if (s && s->nr_quarantined && !s->exception_reads) {
-		for_each_set_bit(slot, s->slot_quarantine, s->nr_slots) {
-			__clear_bit(slot, s->slot_quarantine);
-			__fleece_free_slot(s, slot);
+	for (;;) {
+		spin_lock_irq(&core->lock);
+		s = core->snap;
+		if (!s || !s->nr_closed || s->exception_reads[s->closed_epoch]) {
+			spin_unlock_irq(&core->lock);
+			return;
 		}
-		s->nr_quarantined = 0;
+		end = min_t(unsigned long, s->nr_slots,
+			    (unsigned long)s->closed_cursor + FLEECE_SCAN_BITS);
+		slot = s->closed_cursor;
+		for_each_set_bit_from(slot, s->quarantine_closed, end) {
+			__clear_bit(slot, s->quarantine_closed);
+			__free_slot(s, slot);
+			if (!--s->nr_closed)
+				break;
+		}
+		s->closed_cursor = end;
+		if (!s->nr_closed)
+			__close_quarantine(s);
+		spin_unlock_irq(&core->lock);
+		cond_resched();
 	}
-	spin_unlock_irq(&core->lock);
 }
 
-/* Releases chunks @first..@last, a batch per hold of the lock. */
-static void release_chunks(struct fleece_core *core, u32 first, u32 last)
+/*
+ * Releases chunks @rel->next..@rel->last, at most *@budget of them, a batch
+ * per hold of the lock; advances @rel->next and takes from *@budget.
+ * Returns 0 when the range is done, -EAGAIN when the budget ran out first,
+ * or -EIO when no active snapshot can honour the release.
+ */
+static int release_chunks(struct fleece_core *core, struct fleece_release *rel,
+			  unsigned int *budget)
 {
 	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+	u64 chunk = rel->next, stop;
 	struct fleece_snapshot *s;
 	struct fleece_copy_job *job;
 	struct bio *bio;
-	u32 chunk, stop, slot;
+	int r = 0;
+	u32 slot;
 
-	for (chunk = first; chunk <= last; cond_resched()) {
-		spin_lock_irq(&core->lock);
-		s = core->snap;
-		if (core->state != FLEECE_ACTIVE || chunk >= s->nr_chunks) {
-			spin_unlock_irq(&core->lock);
+	/* u64: the last chunk may be the largest u32 a chunk can have. */
+	while (chunk <= rel->last) {
+		if (!*budget) {
+			r = -EAGAIN;
 			break;
 		}
-		stop = min3(last, s->nr_chunks - 1, chunk + FLEECE_RELEASE_BATCH - 1);
+		spin_lock_irq(&core->lock);
+		s = core->snap;
+		if (core->state != FLEECE_ACTIVE) {
+			spin_unlock_irq(&core->lock);
+			r = -EIO;
+			break;
+		}
+		/* fleece_sectors_to_chunks() kept rel->last inside the image. */
+		stop = min_t(u64, rel->last,
+			     chunk + min(*budget, FLEECE_RELEASE_BATCH) - 1);
+		*budget -= stop - chunk + 1;
 		for (; chunk <= stop; chunk++) {
 			if (__test_and_set_bit(chunk, s->released))
 				continue;
@@ -620,39 +745,46 @@ static void release_chunks(struct fleece_core *core, u32 first, u32 last)
 		}
 		spin_unlock_irq(&core->lock);
 		fleece_submit_list(&issue, &fail);
+		cond_resched();
 	}
+	rel->next = min_t(u64, chunk, rel->last);
+	return r;
 }
 
+/*
+ * Works off the queued releases, FLEECE_RELEASE_PER_RUN chunks per worker
+ * run at most: the rest waits for the next run, so that the first writes
+ * that queued meanwhile are not held back behind a release of the whole
+ * device.
+ */
 static void process_releases(struct fleece_core *core)
 {
-	struct fleece_release_request *req, *tmp;
-	struct bio_list discards;
-	unsigned int shift = 0;
-	LIST_HEAD(requests);
-	struct bio *bio;
-	u64 first, end;
+	unsigned int budget = FLEECE_RELEASE_PER_RUN;
+	struct fleece_release *rel;
+	int r;
 
-	spin_lock_irq(&core->lock);
-	list_splice_init(&core->release_requests, &requests);
-	discards = core->view_discards;
-	bio_list_init(&core->view_discards);
-	if (core->snap)
-		shift = core->snap->chunk_shift;
-	spin_unlock_irq(&core->lock);
-
-	while ((bio = bio_list_pop(&discards))) {
-		/* Only chunks the discard covers whole are released. */
-		if (shift) {
-			first = (bio->bi_iter.bi_sector + (1ULL << shift) - 1) >> shift;
-			end = min_t(u64, bio_end_sector(bio) >> shift, U32_MAX);
-			if (first < end)
-				release_chunks(core, first, end - 1);
+	for (;;) {
+		spin_lock_irq(&core->lock);
+		rel = list_first_entry_or_null(&core->releases,
+					       struct fleece_release, entry);
+		spin_unlock_irq(&core->lock);
+		if (!rel)
+			return;
+		r = release_chunks(core, rel, &budget);
+		if (r == -EAGAIN) {
+			fleece_kick(core);
+			return;
 		}
-		bio_endio(bio);
-	}
-	list_for_each_entry_safe(req, tmp, &requests, entry) {
-		release_chunks(core, req->first, req->last);
-		complete(&req->done);
+		spin_lock_irq(&core->lock);
+		list_del(&rel->entry);
+		spin_unlock_irq(&core->lock);
+		if (rel->bio) {
+			rel->bio->bi_status = errno_to_blk_status(r);
+			bio_endio(rel->bio);
+		} else {
+			rel->result = r;
+			complete(rel->done);
+		}
 	}
 }
 
@@ -667,6 +799,7 @@ static enum fleece_route __start_copy(struct fleece_core *core,
 	struct fleece_snapshot *s = core->snap;
 	u32 slot = __alloc_slot(s);
 
+	lockdep_assert_held(&core->lock);
 	if (slot == FLEECE_NO_SLOT) {
 		core->error = FLEECE_ERR_FULL;
 		if (s->policy == FLEECE_BREAK_SNAPSHOT) {
@@ -682,7 +815,7 @@ static enum fleece_route __start_copy(struct fleece_core *core,
 	memset(job, 0, sizeof(*job));
 	job->core = core;
 	job->snap = s;
-	job->chunk = bio->bi_iter.bi_sector >> s->chunk_shift;
+	job->chunk = fleece_sector_to_chunk(s, bio->bi_iter.bi_sector);
 	job->slot = slot;
 	job->started = jiffies;
 	job->range.start = job->chunk;
@@ -705,6 +838,7 @@ static enum fleece_route __start_copy(struct fleece_core *core,
  */
 static bool __copies_full(struct fleece_snapshot *s)
 {
+	lockdep_assert_held(&s->core->lock);
 	return s->copies_in_flight - s->copies_failed >= s->max_copies ||
 	       s->copies_in_flight >= 2 * s->max_copies;
 }
@@ -894,6 +1028,7 @@ void fleece_worker(struct work_struct *work)
 	blk_start_plug(&plug);
 	buffered = process_finished_jobs(core, &plug);
 	process_releases(core);
+	process_held_reads(core);
 	process_quarantine(core);
 	process_writes(core);
 	started = start_jobs(core);

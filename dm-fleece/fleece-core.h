@@ -14,7 +14,9 @@
  *   fleece_registry_lock (mutex)  -> core->lock (spinlock, irq-safe)
  * core->lock is innermost.  With it held, code only calls into leaf locks
  * of other subsystems: mempool allocations that do not wait (GFP_NOWAIT)
- * and frees, queue_work(), queue_delayed_work() and wake_up().
+ * and frees, queue_work(), queue_delayed_work() and wake_up().  The
+ * origin's postsuspend waits, with neither lock held, for the view reads
+ * of the origin device that are already submitted.
  */
 #ifndef DM_FLEECE_CORE_H
 #define DM_FLEECE_CORE_H
@@ -23,6 +25,7 @@
 #include <linux/device-mapper.h>
 #include <linux/interval_tree_generic.h>
 #include <linux/list.h>
+#include <linux/lockdep.h>
 #include <linux/mempool.h>
 #include <linux/mutex.h>
 #include <linux/percpu-refcount.h>
@@ -110,6 +113,7 @@ struct fleece_range {
  */
 struct fleece_snapshot {
 	/* Fixed when the snapshot starts. */
+	struct fleece_core *core;	/* whose lock protects the rest */
 	unsigned int chunk_shift;	/* log2 of the chunk size in sectors */
 	u32 nr_chunks;			/* chunks in the point-in-time image */
 	sector_t nr_sectors;		/* sectors in the point-in-time image */
@@ -125,21 +129,30 @@ struct fleece_snapshot {
 	unsigned long *needs_copy;	/* per chunk: data still only on origin */
 	unsigned long *released;	/* per chunk: released by the backup */
 	unsigned long *slot_used;	/* per exception slot */
+	unsigned long *slot_words_full;	/* per word of slot_used: all set */
 	/*
-	 * Released slots that a view read may still be reading: reused only
-	 * once no view read of the exception device is in flight.
+	 * Released slots that a view read may still be reading, in two
+	 * batches.  View reads of the exception device count in
+	 * exception_reads[read_epoch].  A slot released while any is in
+	 * flight joins the open batch.  The open batch closes when no batch
+	 * is closed: it becomes the closed batch, tagged with read_epoch, and
+	 * read_epoch flips, so that no later read counts against it.  The
+	 * closed batch is freed once exception_reads[closed_epoch] drains,
+	 * which it does under any reader queue depth.  Why this is complete:
+	 * when a batch closes, the previous closed batch was freed, so the
+	 * other epoch had drained and every read in flight is of read_epoch.
 	 */
-	unsigned long *slot_quarantine;
-	u32 nr_quarantined;
-	unsigned int exception_reads;	/* view reads of the exception device */
+	unsigned long *quarantine_open;
+	unsigned long *quarantine_closed;
+	u32 nr_open;
+	u32 nr_closed;
+	u32 closed_cursor;		/* the worker frees from here */
+	unsigned int read_epoch;	/* 0 or 1 */
+	unsigned int closed_epoch;
+	unsigned int exception_reads[2];
 	u32 slots_used;			/* holding a chunk, quarantined or bad */
 	u32 slot_hint;			/* no free slot below this one */
-	/*
-	 * The worker grows it without the lock, having set map_growing; bio
-	 * completion inserts into it only while map_growing is clear.
-	 */
 	struct fleece_exception_map map;
-	bool map_growing;
 	struct rb_root_cached copies;	/* struct fleece_copy_job.range */
 	struct rb_root_cached readers;	/* struct fleece_view_io.range */
 	struct list_head jobs_by_age;	/* oldest first, for the timeout */
@@ -183,10 +196,39 @@ struct fleece_copy_job {
 	struct page *pages[];
 };
 
+/*
+ * One instance of the origin target: a table line, loaded or live.  The
+ * registry keeps every instance of every core on a list, so that a table
+ * load can be checked against all of them (fleece-registry.c).
+ */
+struct fleece_origin {
+	struct dm_target *ti;
+	struct fleece_core *core;
+	struct dm_dev *dev;
+	sector_t chunk_sectors;
+	struct list_head core_entry;	/* core->instances, registry lock */
+};
+
 /* Per-bio data of the origin target. */
 struct fleece_origin_io {
 	bool holds_ref;		/* holds core->writes_ref until end_io */
 	bool delayed;		/* counted in writes_delayed */
+};
+
+/*
+ * A release of chunks @next..@last, asked for by a view discard (@bio, ended
+ * when done) or by a message (@done, completed when done).  On
+ * core->releases; the worker releases a bounded number of chunks per run,
+ * so that a large release does not hold back first writes.  Only the
+ * worker takes entries off the list.
+ */
+struct fleece_release {
+	struct list_head entry;
+	u32 next;
+	u32 last;
+	int result;			/* 0, or -EIO: no active snapshot */
+	struct bio *bio;
+	struct completion *done;
 };
 
 /* Per-bio data of the view target. */
@@ -194,6 +236,8 @@ struct fleece_view_io {
 	struct fleece_range range;	/* in snap->readers while reading origin */
 	bool reading_origin;
 	bool reading_exception;		/* counted in snap->exception_reads */
+	u8 exception_epoch;		/* ... in exception_reads[this] */
+	struct fleece_release release;	/* a discard: the chunks it releases */
 };
 
 struct fleece_view;
@@ -203,7 +247,13 @@ struct fleece_core {
 	struct list_head registry_entry;
 	dev_t dev;			/* the dm device carrying the origin */
 	unsigned int refs;		/* origin instances + view */
-	struct dm_target *origin_ti;	/* the instance that resumed last */
+	struct list_head instances;	/* struct fleece_origin, loaded or live */
+	/*
+	 * The live instance: set by its preresume, cleared by its destructor.
+	 * NULL when the device's live table is not a fleece table, so that
+	 * writes may reach the origin without copy-before-write.
+	 */
+	struct dm_target *origin_ti;
 	struct fleece_view *view;
 	/* Configuration adopted from origin_ti (registry lock). */
 	struct block_device *origin_bdev;
@@ -222,6 +272,13 @@ struct fleece_core {
 	 * exception writes back (core->lock).
 	 */
 	bool reads_wait_copy;
+	/*
+	 * True from the live instance's preresume to its postsuspend
+	 * (core->lock).  While it is false another table may be swapped in
+	 * and take writes before any fleece code runs again, so view reads
+	 * that would read the origin wait on reads_on_hold instead.
+	 */
+	bool origin_running;
 
 	/*
 	 * Protects state, error, snap and everything in it marked so, and the
@@ -234,9 +291,9 @@ struct fleece_core {
 	struct fleece_snapshot *snap;
 	struct bio_list deferred_writes;	/* need the worker */
 	struct bio_list reader_blocked;		/* wait for view reads of origin */
-	struct bio_list view_discards;		/* releases from the view */
-	struct list_head release_requests;	/* releases from messages */
+	struct list_head releases;		/* struct fleece_release */
 	struct list_head finished_jobs;		/* copy I/O completed */
+	struct bio_list reads_on_hold;		/* view reads; !origin_running */
 	unsigned int writes_waiting;		/* origin writes on any list */
 
 	/*
@@ -255,6 +312,7 @@ struct fleece_core {
 	struct percpu_ref writes_ref;
 	wait_queue_head_t writes_drained;
 	wait_queue_head_t copies_done;		/* snapshot end waits for copies */
+	wait_queue_head_t origin_reads_done;	/* postsuspend waits for readers */
 
 	struct workqueue_struct *wq;
 	struct work_struct worker;
@@ -275,13 +333,6 @@ struct fleece_view {
 	unsigned int max_copies;	/* 0: derived from the chunk size */
 };
 
-/* A release asked for by a message, done by the worker. */
-struct fleece_release_request {
-	struct list_head entry;
-	u32 first, last;
-	struct completion done;
-};
-
 #define FLEECE_RANGE_START(r) ((r)->start)
 #define FLEECE_RANGE_LAST(r) ((r)->last)
 INTERVAL_TREE_DEFINE(struct fleece_range, rb, u32, __subtree_last,
@@ -294,7 +345,51 @@ static inline struct fleece_copy_job *__fleece_job_of(struct fleece_snapshot *s,
 {
 	struct fleece_range *r = fleece_range_iter_first(&s->copies, chunk, chunk);
 
+	lockdep_assert_held(&s->core->lock);
 	return r ? container_of(r, struct fleece_copy_job, range) : NULL;
+}
+
+/* The first sector of @chunk (u64: the chunk past the last one too). */
+static inline sector_t fleece_chunk_to_sector(const struct fleece_snapshot *s,
+					      u64 chunk)
+{
+	return (sector_t)chunk << s->chunk_shift;
+}
+
+/* The chunk that holds @sector, which lies inside the image. */
+static inline u32 fleece_sector_to_chunk(const struct fleece_snapshot *s,
+					 sector_t sector)
+{
+	return sector >> s->chunk_shift;
+}
+
+/**
+ * fleece_sectors_to_chunks() - the chunks a release of a sector range covers.
+ * @s: the snapshot.
+ * @start: first sector of the range.
+ * @len: its length in sectors; the range ends inside the image.
+ * @first: set to the first chunk covered.
+ * @last: set to the last chunk covered.
+ *
+ * A chunk counts when the range covers all of it that lies inside the
+ * image, so the image's last chunk, when it is partial, counts when the
+ * range reaches the end of the image.  Both the view's discards and its
+ * release message use this, so that they always agree.  Returns false when
+ * the range covers no chunk.
+ */
+static inline bool fleece_sectors_to_chunks(const struct fleece_snapshot *s,
+					    sector_t start, sector_t len,
+					    u32 *first, u32 *last)
+{
+	u64 end = min_t(u64, (u64)start + len, s->nr_sectors);
+	u64 from = DIV_ROUND_UP_ULL(start, 1ULL << s->chunk_shift);
+	u64 to = end == s->nr_sectors ? s->nr_chunks : end >> s->chunk_shift;
+
+	if (from >= to)
+		return false;
+	*first = from;
+	*last = to - 1;
+	return true;
 }
 
 /* How a bio goes on, decided under core->lock. */
@@ -307,20 +402,26 @@ enum fleece_route {
 
 /* fleece-registry.c: finding cores, their lifetime and configuration. */
 extern struct mutex fleece_registry_lock;
-struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
-				    struct block_device *bdev,
-				    sector_t chunk_sectors, char **error);
-int fleece_core_adopt(struct fleece_core *core, struct dm_target *origin_ti,
-		      struct block_device *bdev, sector_t chunk_sectors);
-void fleece_core_put_origin(struct fleece_core *core,
-			    struct dm_target *origin_ti);
+int fleece_core_get(struct fleece_origin *fo, char **error);
+void fleece_core_adopt(struct fleece_origin *fo);
+void fleece_core_suspend(struct fleece_origin *fo);
+void fleece_core_put_origin(struct fleece_origin *fo);
 struct fleece_core *fleece_core_attach_view(struct fleece_view *view,
 					    dev_t dev, char **error);
 void fleece_core_detach_view(struct fleece_core *core);
 
-/* fleece-snapshot.c: start, end, routing of bios, status. */
+/* Queues the core's worker; safe in any context. */
+static inline void fleece_kick(struct fleece_core *core)
+{
+	queue_work(core->wq, &core->worker);
+}
+
+/* fleece-snapshot.c: start and end of the snapshot, the release message. */
 int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view);
 void fleece_snapshot_end(struct fleece_core *core);
+int fleece_release(struct fleece_core *core, sector_t start, sector_t len);
+
+/* fleece-route.c: where bios go, from map() and from the worker. */
 int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 			    struct fleece_origin_io *io);
 int fleece_view_map_read(struct fleece_core *core, struct bio *bio,
@@ -335,22 +436,10 @@ enum fleece_route __fleece_route_read(struct fleece_core *core, struct bio *bio,
 void __fleece_hold_write(struct fleece_core *core, struct bio_list *list,
 			 struct bio *bio);
 struct bio *__fleece_pop_write(struct fleece_core *core, struct bio_list *list);
-void __fleece_free_slot(struct fleece_snapshot *s, u32 slot);
-void fleece_view_queue_discard(struct fleece_core *core, struct bio *bio);
-int fleece_release(struct fleece_core *core, u32 first, u32 last);
-void fleece_kick(struct fleece_core *core);
+int fleece_view_map_discard(struct fleece_core *core, struct bio *bio,
+			    struct fleece_view_io *io);
 
-struct fleece_status {
-	enum fleece_state state;
-	enum fleece_error error;
-	u32 nr_chunks;
-	u64 chunks_copied, chunks_released, writes_delayed;
-	u32 slots_used, nr_slots;
-	unsigned int copies_in_flight, writes_waiting;
-};
-
-void fleece_get_status(struct fleece_core *core, struct fleece_status *st);
-const char *fleece_state_name(enum fleece_state state);
+/* fleece-status.c */
 const char *fleece_error_name(enum fleece_error error);
 unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors,
 				status_type_t type, char *result,
@@ -360,9 +449,6 @@ unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors
 void fleece_worker(struct work_struct *work);
 void fleece_timeout_worker(struct work_struct *work);
 void fleece_event_worker(struct work_struct *work);
-void __fleece_fail_copy(struct fleece_core *core, struct fleece_copy_job *job,
-			enum fleece_error error, struct bio_list *issue,
-			struct bio_list *fail);
 void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 			 struct bio_list *issue, struct bio_list *fail);
 void fleece_submit_list(struct bio_list *issue, struct bio_list *fail);

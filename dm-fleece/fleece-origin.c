@@ -10,12 +10,6 @@
 
 #include "fleece-core.h"
 
-struct fleece_origin {
-	struct fleece_core *core;
-	struct dm_dev *dev;
-	sector_t chunk_sectors;
-};
-
 static int parse_chunk_size(struct dm_arg_set *as, sector_t *chunk_sectors,
 			    char **error)
 {
@@ -52,7 +46,8 @@ static int parse_features(struct dm_arg_set *as, char **error)
  *   fleece <origin dev> <chunk size> [<#feature args> [<feature arg>]*]
  *
  * <chunk size> is in 512-byte sectors, a power of two from 8 to 2048.  The
- * target must start at sector 0 and be the only one of its device.
+ * target must start at sector 0 and be the only one of its device
+ * (DM_TARGET_SINGLETON: dm refuses any other target in the table).
  */
 static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
@@ -103,11 +98,16 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 		r = -EINVAL;
 		goto bad_dev;
 	}
-	fo->core = fleece_core_get(ti, fo->dev->bdev, fo->chunk_sectors, &ti->error);
-	if (IS_ERR(fo->core)) {
-		r = PTR_ERR(fo->core);
+	if (bdev_is_zoned(fo->dev->bdev)) {
+		/* Zone resets and appends change data that cannot be copied first. */
+		ti->error = "Zoned origin devices are not supported.";
+		r = -EINVAL;
 		goto bad_dev;
 	}
+	fo->ti = ti;
+	r = fleece_core_get(fo, &ti->error);
+	if (r)
+		goto bad_dev;
 
 	ti->num_flush_bios = 1;
 	ti->num_discard_bios = 1;
@@ -128,17 +128,37 @@ static void fleece_origin_dtr(struct dm_target *ti)
 {
 	struct fleece_origin *fo = ti->private;
 
-	fleece_core_put_origin(fo->core, ti);
+	fleece_core_put_origin(fo);
 	dm_put_device(ti, fo->dev);
 	kfree(fo);
 }
 
+/*
+ * Reads pass; every op that changes data goes through copy-before-write.
+ * Any other op is refused rather than let through: an op added to the
+ * block layer later may change data too, and it would bypass the copy.
+ */
 static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_origin *fo = ti->private;
+	struct fleece_origin_io *io = fleece_origin_io(bio);
 
 	bio_set_dev(bio, fo->dev->bdev);
-	return fleece_origin_map_write(fo->core, bio, fleece_origin_io(bio));
+	switch (bio_op(bio)) {
+	case REQ_OP_READ:
+		io->holds_ref = false;
+		return DM_MAPIO_REMAPPED;
+	case REQ_OP_WRITE:
+	case REQ_OP_DISCARD:
+	case REQ_OP_SECURE_ERASE:
+	case REQ_OP_WRITE_ZEROES:
+		return fleece_origin_map_write(fo->core, bio, io);
+	default:
+		DMERR_LIMIT("%s: refusing operation %u: it is not copied first",
+			    fo->dev->name, bio_op(bio));
+		io->holds_ref = false;
+		return DM_MAPIO_KILL;
+	}
 }
 
 static int fleece_origin_end_io(struct dm_target *ti, struct bio *bio,
@@ -151,11 +171,17 @@ static int fleece_origin_end_io(struct dm_target *ti, struct bio *bio,
 	return DM_ENDIO_DONE;
 }
 
+/* The instance is live: every write to the device passes through it. */
 static int fleece_origin_preresume(struct dm_target *ti)
 {
-	struct fleece_origin *fo = ti->private;
+	fleece_core_adopt(ti->private);
+	return 0;
+}
 
-	return fleece_core_adopt(fo->core, ti, fo->dev->bdev, fo->chunk_sectors);
+/* Another table may be swapped in now: see fleece_core_suspend(). */
+static void fleece_origin_postsuspend(struct dm_target *ti)
+{
+	fleece_core_suspend(ti->private);
 }
 
 /*
@@ -195,13 +221,15 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 
 struct target_type fleece_origin_target = {
 	.name = DM_FLEECE_ORIGIN_TARGET,
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
+	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,
 	.dtr = fleece_origin_dtr,
 	.map = fleece_origin_map,
 	.end_io = fleece_origin_end_io,
 	.preresume = fleece_origin_preresume,
+	.postsuspend = fleece_origin_postsuspend,
 	.status = fleece_origin_status,
 	.iterate_devices = fleece_origin_iterate_devices,
 };

@@ -26,6 +26,7 @@ static struct fleece_core *__core_find(dev_t dev)
 {
 	struct fleece_core *core;
 
+	lockdep_assert_held(&fleece_registry_lock);
 	list_for_each_entry(core, &fleece_cores, registry_entry)
 		if (core->dev == dev)
 			return core;
@@ -51,12 +52,14 @@ static struct fleece_core *core_alloc(dev_t dev)
 	spin_lock_init(&core->lock);
 	bio_list_init(&core->deferred_writes);
 	bio_list_init(&core->reader_blocked);
-	bio_list_init(&core->view_discards);
-	INIT_LIST_HEAD(&core->release_requests);
+	bio_list_init(&core->reads_on_hold);
+	INIT_LIST_HEAD(&core->instances);
+	INIT_LIST_HEAD(&core->releases);
 	INIT_LIST_HEAD(&core->finished_jobs);
 	INIT_LIST_HEAD(&core->buffered_jobs);
 	init_waitqueue_head(&core->writes_drained);
 	init_waitqueue_head(&core->copies_done);
+	init_waitqueue_head(&core->origin_reads_done);
 	INIT_WORK(&core->worker, fleece_worker);
 	INIT_DELAYED_WORK(&core->timeout_work, fleece_timeout_worker);
 	INIT_WORK(&core->event_work, fleece_event_worker);
@@ -89,29 +92,54 @@ static dev_t md_dev(struct dm_target *ti)
 	return disk_devt(dm_disk(dm_table_get_md(ti->table)));
 }
 
-/* True when @bdev and @chunk_sectors would change what the view relies on. */
-static bool __config_conflicts(struct fleece_core *core, struct dm_target *ti,
-			       struct block_device *bdev, sector_t chunk_sectors)
+/* True when @fo would change what the view of @core relies on. */
+static bool __config_conflicts(struct fleece_core *core,
+			       struct fleece_origin *fo)
 {
-	return core->view && (core->origin_bdev != bdev ||
-			      core->chunk_sectors != chunk_sectors ||
-			      ti->len < core->view->ti->len);
+	lockdep_assert_held(&fleece_registry_lock);
+	return core->view && (core->origin_bdev != fo->dev->bdev ||
+			      core->chunk_sectors != fo->chunk_sectors ||
+			      fo->ti->len < core->view->ti->len);
 }
 
 /*
- * fleece_core_get() - the core of the device @origin_ti belongs to.
+ * True when an origin instance of a core other than @core uses @bdev:
+ * writes through one would bypass the other's snapshot.  Inactive tables
+ * count too, or a reload and a resume would get around the check.
+ */
+static bool __bdev_taken(struct fleece_core *core, struct block_device *bdev)
+{
+	struct fleece_core *other;
+	struct fleece_origin *fo;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	list_for_each_entry(other, &fleece_cores, registry_entry) {
+		if (other == core)
+			continue;
+		list_for_each_entry(fo, &other->instances, core_entry)
+			if (fo->dev->bdev == bdev)
+				return true;
+	}
+	return false;
+}
+
+/**
+ * fleece_core_get() - register @fo with the core of its device.
+ * @fo: a new origin instance, with ti, dev and chunk_sectors set.
+ * @error: set to a whole sentence on failure.
  *
  * Origin constructor, process context.  Creates the core for a new device,
- * or takes a reference to the existing one on a table reload.  Returns the
- * core or an ERR_PTR, with *@error set.
+ * or takes a reference to the existing one on a table reload, and sets
+ * @fo->core.  Every rule that a later resume would otherwise have to
+ * enforce is checked here, so that the resume cannot fail and leave the
+ * device suspended.  Returns 0, -EBUSY or -ENOMEM.
  */
-struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
-				    struct block_device *bdev,
-				    sector_t chunk_sectors, char **error)
+int fleece_core_get(struct fleece_origin *fo, char **error)
 {
-	dev_t dev = md_dev(origin_ti);
+	dev_t dev = md_dev(fo->ti);
 	struct fleece_core *core, *new;
 	unsigned int noio;
+	int r = 0;
 
 	/*
 	 * Allocated before the registry lock is taken, so that reclaim never
@@ -123,71 +151,128 @@ struct fleece_core *fleece_core_get(struct dm_target *origin_ti,
 
 	mutex_lock(&fleece_registry_lock);
 	core = __core_find(dev);
+	if (__bdev_taken(core, fo->dev->bdev)) {
+		*error = "The origin device is already under another fleece device.";
+		r = -EBUSY;
+		goto out;
+	}
 	if (core) {
-		if (__config_conflicts(core, origin_ti, bdev, chunk_sectors)) {
+		if (__config_conflicts(core, fo)) {
 			*error = "A view is attached: the origin, chunk size and size must stay.";
-			core = ERR_PTR(-EBUSY);
+			r = -EBUSY;
 			goto out;
 		}
-		core->refs++;
-		goto out;
-	}
-	list_for_each_entry(core, &fleece_cores, registry_entry) {
-		if (core->origin_bdev == bdev) {
-			/* Writes through one would bypass the other's snapshot. */
-			*error = "The origin device is already under another fleece device.";
-			core = ERR_PTR(-EBUSY);
+	} else {
+		if (!new) {
+			*error = "Cannot allocate the fleece device state.";
+			r = -ENOMEM;
 			goto out;
 		}
+		core = new;
+		new = NULL;
+		/* No live instance until one resumes: see fleece_core_adopt(). */
+		core->origin_bdev = fo->dev->bdev;
+		core->origin_sectors = fo->ti->len;
+		core->chunk_sectors = fo->chunk_sectors;
+		list_add(&core->registry_entry, &fleece_cores);
 	}
-	core = new;
-	new = NULL;
-	if (!core) {
-		*error = "Cannot allocate the fleece device state.";
-		core = ERR_PTR(-ENOMEM);
-		goto out;
-	}
-	core->refs = 1;
-	core->origin_ti = origin_ti;
-	core->origin_bdev = bdev;
-	core->origin_sectors = origin_ti->len;
-	core->chunk_sectors = chunk_sectors;
-	list_add(&core->registry_entry, &fleece_cores);
+	core->refs++;
+	list_add_tail(&fo->core_entry, &core->instances);
+	fo->core = core;
 out:
 	mutex_unlock(&fleece_registry_lock);
 	if (new)
 		core_free(new);
-	return core;
+	return r;
 }
 
 /*
- * fleece_core_adopt() - make @origin_ti the instance the core follows.
- *
- * Origin preresume, process context.  Returns 0, or -EBUSY when the new
- * table would change what an attached view relies on.
+ * The live origin instance is gone or has changed what the view relies on:
+ * writes may no longer pass copy-before-write, so the snapshot cannot be
+ * trusted.  Reads held while the origin was suspended fail with it
+ * (__fleece_invalidate()).
  */
-int fleece_core_adopt(struct fleece_core *core, struct dm_target *origin_ti,
-		      struct block_device *bdev, sector_t chunk_sectors)
+static void __detach_snapshot(struct fleece_core *core)
 {
-	int r = 0;
+	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	spin_lock_irq(&core->lock);
+	core->origin_running = false;
+	if (core->state == FLEECE_ACTIVE)
+		__fleece_invalidate(core, FLEECE_ERR_DETACHED, &issue, &fail);
+	spin_unlock_irq(&core->lock);
+	fleece_submit_list(&issue, &fail);
+}
+
+/**
+ * fleece_core_adopt() - @fo has become the live table of its device.
+ * @fo: the origin instance that is about to resume.
+ *
+ * Origin preresume, process context.  From here on every write to the
+ * device passes through @fo, so view reads held while the origin was
+ * suspended may read the origin again.  Cannot fail: fleece_core_get() and
+ * fleece_core_attach_view() refused every conflicting table at load time.
+ */
+void fleece_core_adopt(struct fleece_origin *fo)
+{
+	struct fleece_core *core = fo->core;
 
 	mutex_lock(&fleece_registry_lock);
-	if (__config_conflicts(core, origin_ti, bdev, chunk_sectors)) {
-		DMERR("%u:%u: cannot resume: the new table changes what the view relies on",
-		      MAJOR(core->dev), MINOR(core->dev));
-		r = -EBUSY;
-	} else {
-		core->origin_ti = origin_ti;
-		core->origin_bdev = bdev;
-		core->origin_sectors = origin_ti->len;
-		WRITE_ONCE(core->chunk_sectors, chunk_sectors);
-	}
+	if (WARN_ON_ONCE(__config_conflicts(core, fo)))
+		__detach_snapshot(core);
+	core->origin_ti = fo->ti;
+	core->origin_bdev = fo->dev->bdev;
+	core->origin_sectors = fo->ti->len;
+	WRITE_ONCE(core->chunk_sectors, fo->chunk_sectors);
+	spin_lock_irq(&core->lock);
+	core->origin_running = true;
+	if (!bio_list_empty(&core->reads_on_hold))
+		fleece_kick(core);
+	spin_unlock_irq(&core->lock);
 	mutex_unlock(&fleece_registry_lock);
-	return r;
+}
+
+static bool origin_reads_drained(struct fleece_core *core)
+{
+	bool drained;
+
+	spin_lock_irq(&core->lock);
+	drained = !core->snap || RB_EMPTY_ROOT(&core->snap->readers.rb_root);
+	spin_unlock_irq(&core->lock);
+	return drained;
+}
+
+/**
+ * fleece_core_suspend() - the device of @fo is suspended.
+ * @fo: the origin instance whose postsuspend runs.
+ *
+ * Origin postsuspend, process context.  Until an instance resumes, the
+ * device may get another table that takes writes with no fleece code on
+ * their path, and nothing tells the core before that table's first write.
+ * So from now on view reads of the origin are held, and the ones already
+ * submitted are waited for: none can return data written after the swap.
+ */
+void fleece_core_suspend(struct fleece_origin *fo)
+{
+	struct fleece_core *core = fo->core;
+
+	mutex_lock(&fleece_registry_lock);
+	if (core->origin_ti != fo->ti) {
+		mutex_unlock(&fleece_registry_lock);
+		return;
+	}
+	spin_lock_irq(&core->lock);
+	core->origin_running = false;
+	spin_unlock_irq(&core->lock);
+	mutex_unlock(&fleece_registry_lock);
+	/* Pairs with the wake_up() in fleece_view_end_read(). */
+	wait_event(core->origin_reads_done, origin_reads_drained(core));
 }
 
 static void __core_put(struct fleece_core *core)
 {
+	lockdep_assert_held(&fleece_registry_lock);
 	if (--core->refs)
 		return;
 	list_del(&core->registry_entry);
@@ -198,37 +283,51 @@ static void __core_put(struct fleece_core *core)
 	mutex_lock(&fleece_registry_lock);
 }
 
-/*
- * The origin instance that writes went through is gone and no fleece
- * instance took over (the device's table became another target, or the
- * device was wiped): writes no longer pass copy-before-write, so the
- * snapshot cannot be trusted.
+/**
+ * fleece_core_put_origin() - the origin instance @fo is destroyed.
+ * @fo: the instance, still registered.
+ *
+ * Origin destructor, process context.  When @fo was the live instance and
+ * no fleece instance took over (the device got another table or was
+ * removed), the snapshot is invalidated (detached).
  */
-static void detach_snapshot(struct fleece_core *core)
+void fleece_core_put_origin(struct fleece_origin *fo)
 {
-	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
+	struct fleece_core *core = fo->core;
 
-	spin_lock_irq(&core->lock);
-	if (core->state == FLEECE_ACTIVE)
-		__fleece_invalidate(core, FLEECE_ERR_DETACHED, &issue, &fail);
-	spin_unlock_irq(&core->lock);
-	fleece_submit_list(&issue, &fail);
-}
-
-/* Origin destructor: drops @origin_ti's reference. */
-void fleece_core_put_origin(struct fleece_core *core, struct dm_target *origin_ti)
-{
 	mutex_lock(&fleece_registry_lock);
-	if (core->origin_ti == origin_ti) {
+	list_del(&fo->core_entry);
+	if (core->origin_ti == fo->ti) {
 		core->origin_ti = NULL;
-		detach_snapshot(core);
+		__detach_snapshot(core);
 	}
 	__core_put(core);
 	mutex_unlock(&fleece_registry_lock);
 }
 
 /*
+ * True when a loaded, not yet live, instance of @core would change what a
+ * view relies on: its resume could only detach the snapshot.
+ */
+static bool __inactive_conflicts(struct fleece_core *core,
+				 struct fleece_view *view)
+{
+	struct fleece_origin *fo;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	list_for_each_entry(fo, &core->instances, core_entry)
+		if (fo->dev->bdev != core->origin_bdev ||
+		    fo->chunk_sectors != core->chunk_sectors ||
+		    fo->ti->len < view->ti->len)
+			return true;
+	return false;
+}
+
+/**
  * fleece_core_attach_view() - attach @view to the core of device @dev.
+ * @view: the new view, with ti and exception_dev set.
+ * @dev: the device number of the fleece device the view's table names.
+ * @error: set to a whole sentence on failure.
  *
  * View constructor, process context.  Returns the core with a reference
  * taken, or an ERR_PTR with *@error set: -ENODEV when @dev carries no
@@ -242,8 +341,12 @@ struct fleece_core *fleece_core_attach_view(struct fleece_view *view,
 	mutex_lock(&fleece_registry_lock);
 	core = __core_find(dev);
 	if (!core || !core->origin_ti) {
-		*error = "The first argument is not a device with a fleece origin target.";
+		*error = "The fleece device's live table is not a fleece target.";
 		core = ERR_PTR(-ENODEV);
+	} else if (__inactive_conflicts(core, view)) {
+		/* Its resume could only detach the snapshot. */
+		*error = "The fleece device has a conflicting loaded table; resume or clear it.";
+		core = ERR_PTR(-EBUSY);
 	} else if (core->view) {
 		*error = "This fleece device already has a view; remove it first.";
 		core = ERR_PTR(-EBUSY);

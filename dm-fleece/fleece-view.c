@@ -208,8 +208,7 @@ static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 			break;
 		return fleece_view_map_read(view->core, bio, io);
 	case REQ_OP_DISCARD:
-		fleece_view_queue_discard(view->core, bio);
-		return DM_MAPIO_SUBMITTED;
+		return fleece_view_map_discard(view->core, bio, io);
 	case REQ_OP_WRITE:
 		if (!bio_sectors(bio))	/* a flush: the image is never dirty */
 			break;
@@ -287,14 +286,16 @@ static void fleece_view_status(struct dm_target *ti, status_type_t type,
 /*
  * Messages:
  *   release <start sector> <nr sectors>
- * releases the chunks the range covers whole, like a discard.
+ * releases the chunks the range covers, like a discard (see
+ * fleece_sectors_to_chunks()).  Fails with -EIO when the snapshot is not
+ * active, or stops being active before the release is done.
  */
 static int fleece_view_message(struct dm_target *ti, unsigned int argc,
 			       char **argv, char *result, unsigned int maxlen)
 {
 	struct fleece_view *view = ti->private;
-	sector_t chunk_sectors = READ_ONCE(view->core->chunk_sectors);
-	unsigned long long start, len, first, end;
+	unsigned long long start, len;
+	int r;
 
 	if (argc != 3 || strcasecmp(argv[0], DM_FLEECE_MSG_RELEASE)) {
 		DMERR("Invalid message: expected release <start sector> <nr sectors>.");
@@ -305,17 +306,10 @@ static int fleece_view_message(struct dm_target *ti, unsigned int argc,
 		DMERR("Invalid release range: it must be non-empty and inside the view.");
 		return -EINVAL;
 	}
-	first = DIV_ROUND_UP_ULL(start, chunk_sectors);
-	end = (start + len) >> __ffs(chunk_sectors);
-	if (start + len == ti->len)
-		end = DIV_ROUND_UP_ULL(ti->len, chunk_sectors);
-	if (first >= end)
-		return 0;
-	if (fleece_release(view->core, first, end - 1)) {
+	r = fleece_release(view->core, start, len);
+	if (r)
 		DMERR("Cannot release: the snapshot is not active.");
-		return -EINVAL;
-	}
-	return 0;
+	return r;
 }
 
 static void fleece_view_io_hints(struct dm_target *ti, struct queue_limits *limits)
@@ -342,7 +336,8 @@ static int fleece_view_iterate_devices(struct dm_target *ti,
 
 struct target_type fleece_view_target = {
 	.name = DM_FLEECE_VIEW_TARGET,
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
+	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = fleece_view_ctr,
 	.dtr = fleece_view_dtr,
