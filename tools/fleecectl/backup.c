@@ -228,17 +228,182 @@ static int release_range(struct fleece_set *s, int out, uint64_t from, uint64_t 
 	return 0;
 }
 
+/* One backup on its way: the view, the output and how far it got. */
+struct backup {
+	char node[PATH_MAX];		/* the view's device node */
+	int in, out;			/* the view, the output */
+	int sparse;			/* the output is a file: zero blocks stay holes */
+	uint64_t size;			/* of the view, in bytes */
+	uint64_t io;			/* bytes per read */
+	uint64_t off;			/* copied so far */
+	uint64_t data;			/* of that, bytes written */
+	uint64_t released;
+	void *buf;
+	struct progress pg;
+	double t0;
+};
+
+/* There must be a snapshot, and a valid one. */
+static int check_backupable(const struct fleece_set *s)
+{
+	if (!s->have_view) {
+		err(EXIT_BUSY, s->name, "has no snapshot to back up");
+		hint("take one first: %s snapshot %s --exception FILE|DEVICE", g_prog, s->name);
+		return EXIT_BUSY;
+	}
+	if (s->have_status && s->st.state == ST_INVALID) {
+		err(EXIT_INVALID, s->view, "the snapshot is invalid (error: %s); nothing to back up", s->st.error);
+		hint("end it and take a new one: %s end %s", g_prog, s->name);
+		return EXIT_INVALID;
+	}
+	return 0;
+}
+
+/* Open the view with O_DIRECT and get its size. */
+static int open_view(const struct fleece_set *s, struct backup *b)
+{
+	if (dm_node_path(b->node, sizeof(b->node), s->view))
+		return err(EXIT_FAIL, s->view, "no device node in %s and cannot make one", dm_dir());
+	b->in = open(b->node, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (b->in < 0)
+		return err(EXIT_FAIL, b->node, "cannot open: %s", strerror(errno));
+	if (ioctl(b->in, BLKGETSIZE64, &b->size))
+		return err(EXIT_FAIL, b->node, "cannot get its size: %s", strerror(errno));
+	return 0;
+}
+
+/* A new file (or any file with --force), or a block device at least as big as the view. */
+static int open_output(const struct backup_opts *o, struct backup *b)
+{
+	struct stat ost;
+	char a[32], c[32];
+	int flags;
+
+	flags = O_WRONLY | O_CREAT | O_CLOEXEC;
+	if (stat(o->to, &ost) == 0 && S_ISBLK(ost.st_mode)) {
+		b->sparse = 0;
+	} else {
+		b->sparse = 1;
+		flags |= o->force ? O_TRUNC : O_EXCL;
+	}
+	b->out = open(o->to, flags, 0600);
+	if (b->out < 0) {
+		if (errno == EEXIST)
+			return err(EXIT_BUSY, o->to, "exists already; pass --force to overwrite it");
+		return err(EXIT_FAIL, o->to, "cannot open for writing: %s", strerror(errno));
+	}
+	if (!b->sparse) {
+		uint64_t osz;
+
+		if (ioctl(b->out, BLKGETSIZE64, &osz) == 0 && osz < b->size)
+			return err(EXIT_NOSPACE, o->to, "is smaller (%s) than the snapshot (%s)",
+				   fmt_size(a, sizeof(a), osz), fmt_size(c, sizeof(c), b->size));
+	}
+	return 0;
+}
+
+/* The read buffer: --io-size, at least one chunk. */
+static int alloc_buffer(const struct backup_opts *o, const struct fleece_set *s, struct backup *b)
+{
+	b->io = o->io_bytes;
+	if (s->chunk_sectors && b->io < s->chunk_sectors * 512ull)
+		b->io = s->chunk_sectors * 512ull;
+	if (posix_memalign(&b->buf, 4096, b->io))
+		return err(EXIT_FAIL, NULL, "out of memory");
+	return 0;
+}
+
+static void start_progress(const struct backup_opts *o, struct backup *b)
+{
+	char a[32];
+
+	b->pg.tty = o->progress == -1 ? isatty(2) : o->progress;
+	if (g_quiet)
+		b->pg.tty = 0;
+	b->pg.total = b->size;
+	b->pg.start = b->pg.last = b->t0 = now();
+	b->pg.last_pct = -1;
+	if (!g_quiet)
+		msg("backing up %s (%s) to %s%s", b->node, fmt_size(a, sizeof(a), b->size), o->to,
+		    o->release ? ", releasing chunks as they are written" : "");
+}
+
+/* Read the view unit by unit, write each, release what is on stable storage. */
+static int copy_view(const struct backup_opts *o, struct fleece_set *s, struct backup *b)
+{
+	uint64_t rel_from = 0;
+	int r;
+
+	while (b->off < b->size) {
+		size_t want = b->size - b->off < b->io ? (size_t)(b->size - b->off) : (size_t)b->io, got = 0;
+
+		while (got < want) {
+			ssize_t n = pread(b->in, (char *)b->buf + got, want - got, (off_t)(b->off + got));
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				return read_failed(s, n < 0 ? errno : EIO, b->off + got);
+			got += (size_t)n;
+		}
+		if (write_unit(b->out, b->buf, want, b->off, b->sparse, &b->data))
+			return err(errno == ENOSPC ? EXIT_NOSPACE : EXIT_IO, o->to, "write error at byte %" PRIu64 ": %s",
+				   b->off, strerror(errno));
+		b->off += want;
+		if (o->release && (b->off - rel_from >= RELEASE_BATCH || b->off == b->size)) {
+			if ((r = release_range(s, b->out, rel_from, b->off, &b->released)))
+				return r;
+			rel_from = b->off;
+		}
+		if (!g_quiet)
+			progress_show(&b->pg, b->off, b->off == b->size);
+	}
+	return 0;
+}
+
+/* The output's full size (a file may end in a hole), on stable storage. */
+static int finish_output(const struct backup_opts *o, const struct backup *b)
+{
+	if (b->sparse && ftruncate(b->out, (off_t)b->size))
+		return err(EXIT_IO, o->to, "cannot set the size: %s", strerror(errno));
+	if (fsync(b->out))
+		return err(EXIT_IO, o->to, "cannot sync: %s", strerror(errno));
+	return 0;
+}
+
+static void print_backup(const struct backup_opts *o, struct fleece_set *s, const struct backup *b)
+{
+	double el;
+	char a[32], c[32];
+
+	/* A snapshot that broke after our last read does not spoil the copy. */
+	set_refresh(s);
+	el = now() - b->t0;
+	msg("backup of %s complete: %s in %.1f s (%.1f MB/s), %s of data%s%s", s->name,
+	    fmt_size(a, sizeof(a), b->size), el, el > 0 ? b->size / el / 1e6 : 0.0, fmt_size(c, sizeof(c), b->data),
+	    b->sparse ? " (zero blocks left sparse)" : "",
+	    o->release ? ", all chunks released" : "");
+}
+
+/* After a failed copy: what is written so far is synced, and said to be incomplete. */
+static void report_incomplete(const struct backup_opts *o, const struct backup *b, int r)
+{
+	char a[32], c[32];
+
+	if (b->pg.tty && !g_quiet)
+		fputc('\n', stderr);
+	if (b->out >= 0)
+		fsync(b->out);
+	err(r, o->to, "is incomplete: %s of %s written", fmt_size(a, sizeof(a), b->off),
+	    fmt_size(c, sizeof(c), b->size));
+}
+
 int cmd_backup(int argc, char **argv)
 {
 	struct backup_opts o;
 	struct fleece_set s;
-	struct progress pg = { 0 };
-	struct stat ost;
-	char node[PATH_MAX], a[32], b[32];
-	uint64_t size, off = 0, data = 0, released = 0, rel_from = 0, io;
-	int in = -1, out = -1, r, sparse, flags;
-	void *buf = NULL;
-	double t0;
+	struct backup b = { .in = -1, .out = -1 };
+	int r;
 
 	if ((r = parse_backup_opts(argc, argv, &o)))
 		return r;
@@ -246,130 +411,28 @@ int cmd_backup(int argc, char **argv)
 		return r;
 	if ((r = set_resolve(o.name, &s)))
 		return r;
-	if (!s.have_view) {
-		err(EXIT_BUSY, s.name, "has no snapshot to back up");
-		hint("take one first: %s snapshot %s --exception FILE|DEVICE", g_prog, s.name);
-		return EXIT_BUSY;
-	}
-	if (s.have_status && s.st.state == ST_INVALID) {
-		err(EXIT_INVALID, s.view, "the snapshot is invalid (error: %s); nothing to back up", s.st.error);
-		hint("end it and take a new one: %s end %s", g_prog, s.name);
-		return EXIT_INVALID;
-	}
-	if (dm_node_path(node, sizeof(node), s.view))
-		return err(EXIT_FAIL, s.view, "no device node in %s and cannot make one", dm_dir());
-	in = open(node, O_RDONLY | O_DIRECT | O_CLOEXEC);
-	if (in < 0)
-		return err(EXIT_FAIL, node, "cannot open: %s", strerror(errno));
-	if (ioctl(in, BLKGETSIZE64, &size)) {
-		r = err(EXIT_FAIL, node, "cannot get its size: %s", strerror(errno));
+	if ((r = check_backupable(&s)))
+		return r;
+	if ((r = open_view(&s, &b)))
+		goto out;
+	if ((r = open_output(&o, &b)))
+		goto out;
+	if ((r = alloc_buffer(&o, &s, &b)))
+		goto out;
+	start_progress(&o, &b);
+	if ((r = copy_view(&o, &s, &b))) {
+		report_incomplete(&o, &b, r);
 		goto out;
 	}
-	io = o.io_bytes;
-	if (s.chunk_sectors && io < s.chunk_sectors * 512ull)
-		io = s.chunk_sectors * 512ull;
-
-	flags = O_WRONLY | O_CREAT | O_CLOEXEC;
-	if (stat(o.to, &ost) == 0 && S_ISBLK(ost.st_mode)) {
-		sparse = 0;
-	} else {
-		sparse = 1;
-		flags |= o.force ? O_TRUNC : O_EXCL;
-	}
-	out = open(o.to, flags, 0600);
-	if (out < 0) {
-		if (errno == EEXIST) {
-			r = err(EXIT_BUSY, o.to, "exists already; pass --force to overwrite it");
-		} else {
-			r = err(EXIT_FAIL, o.to, "cannot open for writing: %s", strerror(errno));
-		}
+	if ((r = finish_output(&o, &b)))
 		goto out;
-	}
-	if (!sparse) {
-		uint64_t osz;
-
-		if (ioctl(out, BLKGETSIZE64, &osz) == 0 && osz < size) {
-			r = err(EXIT_NOSPACE, o.to, "is smaller (%s) than the snapshot (%s)", fmt_size(a, sizeof(a), osz),
-				fmt_size(b, sizeof(b), size));
-			goto out;
-		}
-	}
-	if (posix_memalign(&buf, 4096, io)) {
-		r = err(EXIT_FAIL, NULL, "out of memory");
-		goto out;
-	}
-
-	pg.tty = o.progress == -1 ? isatty(2) : o.progress;
-	if (g_quiet)
-		pg.tty = 0;
-	pg.total = size;
-	pg.start = pg.last = t0 = now();
-	pg.last_pct = -1;
-	if (!g_quiet)
-		msg("backing up %s (%s) to %s%s", node, fmt_size(a, sizeof(a), size), o.to,
-		    o.release ? ", releasing chunks as they are written" : "");
-
-	while (off < size) {
-		size_t want = size - off < io ? (size_t)(size - off) : (size_t)io, got = 0;
-
-		while (got < want) {
-			ssize_t n = pread(in, (char *)buf + got, want - got, (off_t)(off + got));
-
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				r = read_failed(&s, n < 0 ? errno : EIO, off + got);
-				goto out_sync;
-			}
-			got += (size_t)n;
-		}
-		if (write_unit(out, buf, want, off, sparse, &data)) {
-			r = err(errno == ENOSPC ? EXIT_NOSPACE : EXIT_IO, o.to, "write error at byte %" PRIu64 ": %s",
-				off, strerror(errno));
-			goto out_sync;
-		}
-		off += want;
-		if (o.release && (off - rel_from >= RELEASE_BATCH || off == size)) {
-			if ((r = release_range(&s, out, rel_from, off, &released)))
-				goto out_sync;
-			rel_from = off;
-		}
-		if (!g_quiet)
-			progress_show(&pg, off, off == size);
-	}
-	if (sparse && ftruncate(out, (off_t)size)) {
-		r = err(EXIT_IO, o.to, "cannot set the size: %s", strerror(errno));
-		goto out;
-	}
-	if (fsync(out)) {
-		r = err(EXIT_IO, o.to, "cannot sync: %s", strerror(errno));
-		goto out;
-	}
-	/* A snapshot that broke after our last read does not spoil the copy. */
-	set_refresh(&s);
-	{
-		double el = now() - t0;
-
-		msg("backup of %s complete: %s in %.1f s (%.1f MB/s), %s of data%s%s", s.name,
-		    fmt_size(a, sizeof(a), size), el, el > 0 ? size / el / 1e6 : 0.0, fmt_size(b, sizeof(b), data),
-		    sparse ? " (zero blocks left sparse)" : "",
-		    o.release ? ", all chunks released" : "");
-	}
+	print_backup(&o, &s, &b);
 	r = EXIT_OK;
-	goto out;
-
-out_sync:
-	if (pg.tty && !g_quiet)
-		fputc('\n', stderr);
-	if (out >= 0)
-		fsync(out);
-	err(r, o.to, "is incomplete: %s of %s written", fmt_size(a, sizeof(a), off), fmt_size(b, sizeof(b), size));
 out:
-	free(buf);
-	if (in >= 0)
-		close(in);
-	if (out >= 0)
-		close(out);
-	(void)released;
+	free(b.buf);
+	if (b.in >= 0)
+		close(b.in);
+	if (b.out >= 0)
+		close(b.out);
 	return r;
 }

@@ -217,16 +217,231 @@ static int prepare_socket(const char *sock)
 	return 0;
 }
 
+/* One export on its way: the server, its files and its command line. */
+struct export {
+	const char *srv;		/* "qemu-nbd" or "nbd-server" */
+	char prog[PATH_MAX];		/* its path */
+	char node[PATH_MAX];		/* the view's device node */
+	char sock[PATH_MAX];
+	char pidf[PATH_MAX], log[PATH_MAX], conf[PATH_MAX], statef[PATH_MAX];
+	char uri[PATH_MAX + 64], desc[256], portstr[16], pidopt[PATH_MAX + 16];
+	char *av[32];
+	int pid;
+};
+
+/* There must be a snapshot, and a valid one. */
+static int check_exportable(const struct fleece_set *s)
+{
+	if (!s->have_view) {
+		err(EXIT_BUSY, s->name, "has no snapshot to export");
+		hint("take one first: %s snapshot %s --exception FILE|DEVICE", g_prog, s->name);
+		return EXIT_BUSY;
+	}
+	if (s->have_status && s->st.state == ST_INVALID) {
+		err(EXIT_INVALID, s->view, "the snapshot is invalid (%s): every read fails", s->st.error);
+		hint("end it and take a new one: %s end %s", g_prog, s->name);
+		return EXIT_INVALID;
+	}
+	return 0;
+}
+
+/* Refuse a live export of the set; stop what a dead one left behind. */
+static int check_not_exported(const struct fleece_set *s, struct export *x)
+{
+	struct kv kv = { 0 };
+
+	set_path(x->statef, sizeof(x->statef), s->name, "export");
+	if (!kv_load(&kv, x->statef)) {
+		const char *p = kv_get(&kv, "pid"), *u = kv_get(&kv, "uri"), *sv = kv_get(&kv, "server");
+
+		if (p && pid_matches(atoi(p), sv, NULL)) {
+			err(EXIT_BUSY, s->name, "is exported already: %s (%s, pid %s)", u ? u : "?", sv ? sv : "?", p);
+			hint("stop it first: %s unexport %s", g_prog, s->name);
+			return EXIT_BUSY;
+		}
+		export_stop(s, 1);	/* stale state */
+	}
+	return 0;
+}
+
+static int find_server(const struct export_opts *o, const struct fleece_set *s, struct export *x)
+{
+	x->srv = o->server == SRV_NBD_SERVER ? "nbd-server" : "qemu-nbd";
+	if (!find_program(x->srv, x->prog, sizeof(x->prog))) {
+		err(EXIT_MISSING, s->name, "cannot export: %s is not installed (not found in PATH)", x->srv);
+		hint(o->server == SRV_NBD_SERVER ? "install nbd-server, or use --server qemu-nbd"
+						 : "install qemu-utils (qemu-nbd), or use --server nbd-server");
+		return EXIT_MISSING;
+	}
+	return 0;
+}
+
+/* The view's node, the set's directory, the socket, fresh pid and log files. */
+static int prepare_files(const struct export_opts *o, const struct fleece_set *s, struct export *x)
+{
+	int r;
+
+	if (dm_node_path(x->node, sizeof(x->node), s->view))
+		return err(EXIT_FAIL, s->view, "no device node in %s and cannot make one", dm_dir());
+	if ((r = ensure_set_dir(s->name)))
+		return r;
+	if (o->socket)
+		snprintf(x->sock, sizeof(x->sock), "%s", o->socket);
+	else if (set_path(x->sock, sizeof(x->sock), s->name, "nbd.sock") || strlen(x->sock) >= 108)
+		return err(EXIT_USAGE, x->sock, "socket path too long; pass --socket");
+	if (!o->tcp && (r = prepare_socket(x->sock)))
+		return r;
+	set_path(x->pidf, sizeof(x->pidf), s->name, "export.pid");
+	set_path(x->log, sizeof(x->log), s->name, "export.log");
+	set_path(x->conf, sizeof(x->conf), s->name, "nbd-server.conf");
+	unlink(x->pidf);
+	unlink(x->log);
+	return 0;
+}
+
+/* The server's command line in x->av; nbd-server also gets its config file. */
+static int build_command(const struct export_opts *o, const struct fleece_set *s, struct export *x)
+{
+	int n = 0;
+
+	snprintf(x->portstr, sizeof(x->portstr), "%u", o->port);
+	snprintf(x->desc, sizeof(x->desc), "fleecectl snapshot of %s", s->origin);
+
+	x->av[n++] = x->prog;
+	if (o->server == SRV_QEMU_NBD) {
+		snprintf(x->pidopt, sizeof(x->pidopt), "--pid-file=%s", x->pidf);
+		x->av[n++] = "--fork";
+		x->av[n++] = x->pidopt;
+		x->av[n++] = "--format=raw";
+		x->av[n++] = "--cache=none";		/* O_DIRECT: no page cache copy of the view */
+		x->av[n++] = "--discard=unmap";	/* trims become releases */
+		x->av[n++] = "--shared=8";
+		x->av[n++] = "--persistent";
+		x->av[n++] = "--export-name";
+		x->av[n++] = (char *)s->name;
+		x->av[n++] = "--description";
+		x->av[n++] = x->desc;
+		if (o->tcp) {
+			x->av[n++] = "--bind";
+			x->av[n++] = (char *)o->bind;
+			x->av[n++] = "--port";
+			x->av[n++] = x->portstr;
+		} else {
+			x->av[n++] = "--socket";
+			x->av[n++] = x->sock;
+		}
+		x->av[n++] = x->node;
+	} else {
+		FILE *f = fopen(x->conf, "we");
+
+		if (!f)
+			return err(EXIT_FAIL, x->conf, "cannot write: %s", strerror(errno));
+		fprintf(f, "# written by fleecectl export %s\n[generic]\n", s->name);
+		if (o->tcp)
+			fprintf(f, "\tlistenaddr = %s\n\tport = %u\n", o->bind, o->port);
+		else
+			fprintf(f, "\tunixsock = %s\n", x->sock);
+		fprintf(f, "\tallowlist = true\n[%s]\n\texportname = %s\n\treadonly = true\n", s->name, x->node);
+		if (fclose(f))
+			return err(EXIT_FAIL, x->conf, "cannot write: %s", strerror(errno));
+		x->av[n++] = "-C";
+		x->av[n++] = x->conf;
+		x->av[n++] = "-p";
+		x->av[n++] = x->pidf;
+	}
+	x->av[n] = NULL;
+	return 0;
+}
+
+/* Run the server; it daemonizes, its output goes to the log. */
+static int start_server(const struct fleece_set *s, const struct export *x)
+{
+	int r;
+
+	if (g_verbose) {
+		fprintf(stderr, "%s: running", g_prog);
+		for (int i = 0; x->av[i]; i++)
+			fprintf(stderr, " %s", x->av[i]);
+		fputc('\n', stderr);
+	}
+	r = run_logged(x->av, x->log);
+	if (r != 0) {
+		err(EXIT_FAIL, s->view, "%s failed (exit status %d):", x->srv, r);
+		show_log(x->log);
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
+/* qemu-nbd --fork returns once it listens; nbd-server may not. */
+static int wait_ready(const struct export_opts *o, const struct fleece_set *s, struct export *x)
+{
+	int waited;
+
+	x->pid = 0;
+	for (waited = 0; waited < READY_TIMEOUT_MS; waited += 50) {
+		x->pid = read_pid(x->pidf);
+		if (x->pid > 0 && server_ready(o, x->sock))
+			break;
+		sleep_ms(50);
+	}
+	if (waited >= READY_TIMEOUT_MS) {
+		err(EXIT_FAIL, s->view, "%s did not start listening within %d s:", x->srv, READY_TIMEOUT_MS / 1000);
+		show_log(x->log);
+		if (x->pid > 0 && pid_matches(x->pid, x->srv, NULL))
+			kill(x->pid, SIGTERM);
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
+/* The URI, and the state file for status and unexport. */
+static int record_export(const struct export_opts *o, const struct fleece_set *s, struct export *x)
+{
+	struct kv kv = { 0 };
+
+	if (o->tcp)
+		nbd_uri_tcp(x->uri, sizeof(x->uri), s->name, o->bind, o->port);
+	else
+		nbd_uri_unix(x->uri, sizeof(x->uri), s->name, x->sock);
+
+	kv_set(&kv, "server", "%s", x->srv);
+	kv_set(&kv, "pid", "%d", x->pid);
+	kv_set(&kv, "uri", "%s", x->uri);
+	kv_set(&kv, "socket", "%s", o->tcp ? "" : x->sock);
+	kv_set(&kv, "bind", "%s", o->tcp ? o->bind : "");
+	kv_set(&kv, "port", "%u", o->tcp ? o->port : 0);
+	kv_set(&kv, "device", "%s", x->node);
+	if (kv_save(&kv, x->statef)) {
+		kill(x->pid, SIGTERM);
+		return err(EXIT_FAIL, x->statef, "cannot write state: %s", strerror(errno));
+	}
+	return 0;
+}
+
+static void print_export(const struct export_opts *o, const struct fleece_set *s, const struct export *x)
+{
+	/* the URI alone on stdout, for URI=$(fleecectl export NAME) */
+	printf("%s\n", x->uri);
+	fflush(stdout);
+	if (!g_quiet) {
+		fprintf(stderr, "%s: %s serves %s (pid %d)%s\n", g_prog, x->srv, x->node, x->pid,
+			o->server == SRV_QEMU_NBD ? "; writes fail, trims release chunks" : ", read-only");
+		if (o->server == SRV_NBD_SERVER && !o->tcp)
+			fprintf(stderr, "%s: kernel client: nbd-client -unix %s /dev/nbd0 -N %s\n", g_prog, x->sock,
+				s->name);
+		else if (o->server == SRV_NBD_SERVER)
+			fprintf(stderr, "%s: kernel client: nbd-client %s %u /dev/nbd0 -N %s\n", g_prog,
+				strcmp(o->bind, "0.0.0.0") ? o->bind : "HOST", o->port, s->name);
+	}
+}
+
 int cmd_export(int argc, char **argv)
 {
 	struct export_opts o;
 	struct fleece_set s;
-	struct kv kv = { 0 };
-	char prog[PATH_MAX], node[PATH_MAX], sock[PATH_MAX], pidf[PATH_MAX], log[PATH_MAX], conf[PATH_MAX];
-	char statef[PATH_MAX], uri[PATH_MAX + 64], desc[256], portstr[16], pidopt[PATH_MAX + 16];
-	const char *srv;
-	char *av[32];
-	int r, n = 0, pid = 0, waited;
+	struct export x;
+	int r;
 
 	if ((r = parse_export_opts(argc, argv, &o)))
 		return r;
@@ -234,149 +449,22 @@ int cmd_export(int argc, char **argv)
 		return r;
 	if ((r = set_resolve(o.name, &s)))
 		return r;
-	if (!s.have_view) {
-		err(EXIT_BUSY, s.name, "has no snapshot to export");
-		hint("take one first: %s snapshot %s --exception FILE|DEVICE", g_prog, s.name);
-		return EXIT_BUSY;
-	}
-	if (s.have_status && s.st.state == ST_INVALID) {
-		err(EXIT_INVALID, s.view, "the snapshot is invalid (%s): every read fails", s.st.error);
-		hint("end it and take a new one: %s end %s", g_prog, s.name);
-		return EXIT_INVALID;
-	}
-	set_path(statef, sizeof(statef), s.name, "export");
-	if (!kv_load(&kv, statef)) {
-		const char *p = kv_get(&kv, "pid"), *u = kv_get(&kv, "uri"), *sv = kv_get(&kv, "server");
-
-		if (p && pid_matches(atoi(p), sv, NULL)) {
-			err(EXIT_BUSY, s.name, "is exported already: %s (%s, pid %s)", u ? u : "?", sv ? sv : "?", p);
-			hint("stop it first: %s unexport %s", g_prog, s.name);
-			return EXIT_BUSY;
-		}
-		export_stop(&s, 1);	/* stale state */
-	}
-	srv = o.server == SRV_NBD_SERVER ? "nbd-server" : "qemu-nbd";
-	if (!find_program(srv, prog, sizeof(prog))) {
-		err(EXIT_MISSING, s.name, "cannot export: %s is not installed (not found in PATH)", srv);
-		hint(o.server == SRV_NBD_SERVER ? "install nbd-server, or use --server qemu-nbd"
-						: "install qemu-utils (qemu-nbd), or use --server nbd-server");
-		return EXIT_MISSING;
-	}
-	if (dm_node_path(node, sizeof(node), s.view))
-		return err(EXIT_FAIL, s.view, "no device node in %s and cannot make one", dm_dir());
-	if ((r = ensure_set_dir(s.name)))
+	if ((r = check_exportable(&s)))
 		return r;
-	if (o.socket)
-		snprintf(sock, sizeof(sock), "%s", o.socket);
-	else if (set_path(sock, sizeof(sock), s.name, "nbd.sock") || strlen(sock) >= 108)
-		return err(EXIT_USAGE, sock, "socket path too long; pass --socket");
-	if (!o.tcp && (r = prepare_socket(sock)))
+	if ((r = check_not_exported(&s, &x)))
 		return r;
-	set_path(pidf, sizeof(pidf), s.name, "export.pid");
-	set_path(log, sizeof(log), s.name, "export.log");
-	set_path(conf, sizeof(conf), s.name, "nbd-server.conf");
-	unlink(pidf);
-	unlink(log);
-	snprintf(portstr, sizeof(portstr), "%u", o.port);
-	snprintf(desc, sizeof(desc), "fleecectl snapshot of %s", s.origin);
-
-	av[n++] = prog;
-	if (o.server == SRV_QEMU_NBD) {
-		snprintf(pidopt, sizeof(pidopt), "--pid-file=%s", pidf);
-		av[n++] = "--fork";
-		av[n++] = pidopt;
-		av[n++] = "--format=raw";
-		av[n++] = "--cache=none";		/* O_DIRECT: no page cache copy of the view */
-		av[n++] = "--discard=unmap";		/* trims become releases */
-		av[n++] = "--shared=8";
-		av[n++] = "--persistent";
-		av[n++] = "--export-name";
-		av[n++] = s.name;
-		av[n++] = "--description";
-		av[n++] = desc;
-		if (o.tcp) {
-			av[n++] = "--bind";
-			av[n++] = (char *)o.bind;
-			av[n++] = "--port";
-			av[n++] = portstr;
-		} else {
-			av[n++] = "--socket";
-			av[n++] = sock;
-		}
-		av[n++] = node;
-	} else {
-		FILE *f = fopen(conf, "we");
-
-		if (!f)
-			return err(EXIT_FAIL, conf, "cannot write: %s", strerror(errno));
-		fprintf(f, "# written by fleecectl export %s\n[generic]\n", s.name);
-		if (o.tcp)
-			fprintf(f, "\tlistenaddr = %s\n\tport = %u\n", o.bind, o.port);
-		else
-			fprintf(f, "\tunixsock = %s\n", sock);
-		fprintf(f, "\tallowlist = true\n[%s]\n\texportname = %s\n\treadonly = true\n", s.name, node);
-		if (fclose(f))
-			return err(EXIT_FAIL, conf, "cannot write: %s", strerror(errno));
-		av[n++] = "-C";
-		av[n++] = conf;
-		av[n++] = "-p";
-		av[n++] = pidf;
-	}
-	av[n] = NULL;
-	if (g_verbose) {
-		fprintf(stderr, "%s: running", g_prog);
-		for (int i = 0; i < n; i++)
-			fprintf(stderr, " %s", av[i]);
-		fputc('\n', stderr);
-	}
-	r = run_logged(av, log);
-	if (r != 0) {
-		err(EXIT_FAIL, s.view, "%s failed (exit status %d):", srv, r);
-		show_log(log);
-		return EXIT_FAIL;
-	}
-	/* qemu-nbd --fork returns once it listens; nbd-server may not */
-	for (waited = 0; waited < READY_TIMEOUT_MS; waited += 50) {
-		pid = read_pid(pidf);
-		if (pid > 0 && server_ready(&o, sock))
-			break;
-		sleep_ms(50);
-	}
-	if (waited >= READY_TIMEOUT_MS) {
-		err(EXIT_FAIL, s.view, "%s did not start listening within %d s:", srv, READY_TIMEOUT_MS / 1000);
-		show_log(log);
-		if (pid > 0 && pid_matches(pid, srv, NULL))
-			kill(pid, SIGTERM);
-		return EXIT_FAIL;
-	}
-	if (o.tcp)
-		nbd_uri_tcp(uri, sizeof(uri), s.name, o.bind, o.port);
-	else
-		nbd_uri_unix(uri, sizeof(uri), s.name, sock);
-
-	kv.n = 0;
-	kv_set(&kv, "server", "%s", srv);
-	kv_set(&kv, "pid", "%d", pid);
-	kv_set(&kv, "uri", "%s", uri);
-	kv_set(&kv, "socket", "%s", o.tcp ? "" : sock);
-	kv_set(&kv, "bind", "%s", o.tcp ? o.bind : "");
-	kv_set(&kv, "port", "%u", o.tcp ? o.port : 0);
-	kv_set(&kv, "device", "%s", node);
-	if (kv_save(&kv, statef)) {
-		kill(pid, SIGTERM);
-		return err(EXIT_FAIL, statef, "cannot write state: %s", strerror(errno));
-	}
-	/* the URI alone on stdout, for URI=$(fleecectl export NAME) */
-	printf("%s\n", uri);
-	fflush(stdout);
-	if (!g_quiet) {
-		fprintf(stderr, "%s: %s serves %s (pid %d)%s\n", g_prog, srv, node, pid,
-			o.server == SRV_QEMU_NBD ? "; writes fail, trims release chunks" : ", read-only");
-		if (o.server == SRV_NBD_SERVER && !o.tcp)
-			fprintf(stderr, "%s: kernel client: nbd-client -unix %s /dev/nbd0 -N %s\n", g_prog, sock, s.name);
-		else if (o.server == SRV_NBD_SERVER)
-			fprintf(stderr, "%s: kernel client: nbd-client %s %u /dev/nbd0 -N %s\n", g_prog,
-				strcmp(o.bind, "0.0.0.0") ? o.bind : "HOST", o.port, s.name);
-	}
+	if ((r = find_server(&o, &s, &x)))
+		return r;
+	if ((r = prepare_files(&o, &s, &x)))
+		return r;
+	if ((r = build_command(&o, &s, &x)))
+		return r;
+	if ((r = start_server(&s, &x)))
+		return r;
+	if ((r = wait_ready(&o, &s, &x)))
+		return r;
+	if ((r = record_export(&o, &s, &x)))
+		return r;
+	print_export(&o, &s, &x);
 	return EXIT_OK;
 }

@@ -242,17 +242,208 @@ static void undo_exception(struct exception *e, const char *name)
 	}
 }
 
+/* Refuse a half set up set, an existing snapshot and an unknown chunk size. */
+static int check_idle(const struct fleece_set *s)
+{
+	uint64_t chunk_bytes = (uint64_t)s->chunk_sectors * 512;
+
+	if (!s->have_origin) {
+		err(EXIT_BUSY, s->name, "is half set up (%s has no origin on top)", s->real);
+		hint("clean up with '%s detach %s' and attach again", g_prog, s->name);
+		return EXIT_BUSY;
+	}
+	if (s->have_view) {
+		err(EXIT_BUSY, s->name, "a snapshot exists already (%s/%s, state %s)", dm_dir(), s->view,
+		    s->have_status ? state_name(s->st.state) : "unknown");
+		hint("end it first: %s end %s", g_prog, s->name);
+		return EXIT_BUSY;
+	}
+	if (s->have_status && s->st.state != ST_IDLE) {
+		err(EXIT_BUSY, s->origin, "the origin reports a snapshot (%s) but %s does not exist",
+		    state_name(s->st.state), s->view);
+		hint("check 'dmsetup ls' and 'dmsetup status %s'", s->origin);
+		return EXIT_BUSY;
+	}
+	if (!chunk_bytes)
+		return err(EXIT_FAIL, s->origin, "cannot read the chunk size from its table");
+	return 0;
+}
+
+/* The store must hold EXCEPTION_MIN_CHUNKS chunks; warn under 5% of the origin. */
+static int check_exception_size(const struct snapshot_opts *o, const struct fleece_set *s,
+				const struct exception *e, uint64_t *slots)
+{
+	uint64_t chunk_bytes = (uint64_t)s->chunk_sectors * 512;
+	char sz[32];
+
+	*slots = e->bytes / chunk_bytes;
+	if (*slots < EXCEPTION_MIN_CHUNKS) {
+		err(EXIT_NOSPACE, o->exception, "is too small: %s holds %" PRIu64 " chunks of %" PRIu64
+		    " KiB, at least %u are needed", fmt_size(sz, sizeof(sz), e->bytes), *slots, chunk_bytes / 1024,
+		    EXCEPTION_MIN_CHUNKS);
+		hint("use a bigger device or --size (default for a new file: %u%% of the origin)",
+		     EXCEPTION_DEFAULT_PERCENT);
+		return EXIT_NOSPACE;
+	}
+	if (*slots * 20 < s->size_sectors / s->chunk_sectors)
+		warn_msg(o->exception, "holds only %" PRIu64 " of %" PRIu64 " chunks (under 5%%): if more than that"
+			 " changes before the backup ends, the snapshot %s", *slots,
+			 s->size_sectors / s->chunk_sectors,
+			 o->vt.cbw_error == CBW_BREAK_WRITE ? "stays but writes fail" : "becomes invalid");
+	return 0;
+}
+
+/* Record the exception store before the view exists, for 'end'. */
+static int record_exception(const struct fleece_set *s, const struct exception *e)
+{
+	struct kv kv = { 0 };
+	char p[PATH_MAX];
+
+	kv_set(&kv, "device", "%s", e->dev);
+	kv_set(&kv, "devno", "%u:%u", e->major, e->minor);
+	kv_set(&kv, "file", "%s", e->is_file ? e->path : "");
+	kv_set(&kv, "loop", "%d", e->is_file);
+	kv_set(&kv, "created", "%d", e->created);
+	kv_set(&kv, "bytes", "%" PRIu64, e->bytes);
+	set_path(p, sizeof(p), s->name, "exception");
+	if (kv_save(&kv, p))
+		return err(EXIT_FAIL, p, "cannot write state: %s", strerror(errno));
+	return 0;
+}
+
+/* 1a. Create N-view, without a table yet. */
+static int create_view(struct fleece_set *s)
+{
+	char uuid[DMNAME_LEN + 32];
+	struct dmx_info vi;
+
+	snprintf(uuid, sizeof(uuid), "%s%s", UUID_VIEW, s->name);
+	if (dmx_create(s->view, uuid, NULL, UDEV_FLAGS_VIEW))
+		return err(dmx_errno == EBUSY ? EXIT_BUSY : EXIT_FAIL, s->view, "cannot create: %s",
+			   strerror(dmx_errno));
+	if (dmx_info(s->view, &vi) == 1) {
+		s->view_major = vi.major;
+		s->view_minor = vi.minor;
+	}
+	return 0;
+}
+
+/*
+ * 1b. Load "fleece-view <origin> <exception> ..." into N-view: the kernel
+ * checks everything here, before anything freezes.
+ */
+static int load_view(struct snapshot_opts *o, const struct fleece_set *s, struct exception *e)
+{
+	struct dm_table_lines t = { 0 };
+	char params[256];
+	int r;
+
+	o->vt.origin_major = s->origin_major;
+	o->vt.origin_minor = s->origin_minor;
+	o->vt.exc_major = e->major;
+	o->vt.exc_minor = e->minor;
+	if (format_view_params(params, sizeof(params), &o->vt) < 0)
+		return err(EXIT_FAIL, s->view, "table line too long");
+	t.n = 1;
+	t.t[0].start = 0;
+	t.t[0].len = s->size_sectors;
+	snprintf(t.t[0].type, sizeof(t.t[0].type), "%s", TARGET_VIEW);
+	t.t[0].params = params;
+	vmsg("%s: 0 %" PRIu64 " %s %s", s->view, s->size_sectors, TARGET_VIEW, params);
+	if (dmx_load(s->view, &t)) {
+		if (dmx_errno == EBUSY)
+			r = EXIT_BUSY;
+		else if (dmx_errno == ENOSPC)
+			r = EXIT_NOSPACE;
+		else
+			r = EXIT_FAIL;
+		err(r, s->view, "the kernel refused the view: %s", strerror(dmx_errno));
+		kernel_reason(s->view_major, s->view_minor);
+		return r;
+	}
+	/* the view holds the loop device now; autoclear frees it with the view */
+	if (e->loop_fd >= 0) {
+		close(e->loop_fd);
+		e->loop_fd = -1;
+	}
+	return 0;
+}
+
+/*
+ * 2..4. The point in time: suspend the origin, resume the view, resume the
+ * origin, with no signal and no page fault in between (critical_begin()).
+ * On failure, *taken tells whether the snapshot exists all the same (only
+ * the origin's resume failed): then the view must stay.
+ */
+static int take_point_in_time(const struct fleece_set *s, int *taken)
+{
+	uint32_t cookie = 0;
+	int r;
+
+	*taken = 0;
+	critical_begin();
+	if (dmx_suspend(s->origin, 1)) {
+		/*
+		 * EBUSY: the file system on it is frozen already (fsfreeze), and
+		 * 6.1 cannot freeze it a second time.  It is consistent as it is.
+		 */
+		if (dmx_errno != EBUSY || dmx_suspend(s->origin, 0)) {
+			r = err(EXIT_FAIL, s->origin, "cannot suspend: %s", strerror(dmx_errno));
+			critical_end();
+			return r;
+		}
+		vmsg("%s: its file system is frozen already; suspended without freezing it", s->origin);
+	}
+	/*
+	 * The udev wait for the view comes after the origin's resume: udev's
+	 * rules may read the view, and its reads go to the suspended origin.
+	 */
+	if (dmx_resume_nowait(s->view, UDEV_FLAGS_VIEW, &cookie)) {
+		r = err(EXIT_FAIL, s->view, "cannot start the snapshot: %s", strerror(dmx_errno));
+		kernel_reason(s->view_major, s->view_minor);
+		if (dmx_resume_nowait(s->origin, 0, &cookie))
+			hint("%s is left suspended: 'dmsetup resume %s'", s->origin, s->origin);
+		critical_end();
+		dmx_udev_wait(cookie);
+		return r;
+	}
+	*taken = 1;
+	if (dmx_resume_nowait(s->origin, 0, &cookie)) {
+		critical_end();
+		r = err(EXIT_FAIL, s->origin, "cannot resume after the snapshot: %s", strerror(dmx_errno));
+		hint("the snapshot exists; resume the origin with 'dmsetup resume %s'", s->origin);
+		dmx_udev_wait(cookie);
+		return r;
+	}
+	critical_end();
+	dmx_udev_wait(cookie);
+	return 0;
+}
+
+static void print_snapshot(const struct snapshot_opts *o, struct fleece_set *s, const struct exception *e,
+			   uint64_t slots)
+{
+	uint64_t chunk_bytes = (uint64_t)s->chunk_sectors * 512;
+	char sz[32], node[PATH_MAX];
+
+	set_refresh(s);
+	if (dm_node_path(node, sizeof(node), s->view))
+		snprintf(node, sizeof(node), "%s/%s", dm_dir(), s->view);
+	msg("snapshot of %s taken: %s (%s, state %s)", s->name, node,
+	    fmt_size(sz, sizeof(sz), s->size_sectors * 512), s->have_status ? state_name(s->st.state) : "unknown");
+	msg("exception store: %s%s%s, %" PRIu64 " chunks of %" PRIu64 " KiB; when full: %s", e->dev,
+	    e->is_file ? " on " : "", e->is_file ? e->path : "", slots, chunk_bytes / 1024,
+	    o->vt.cbw_error == CBW_BREAK_WRITE ? "writes to the origin fail (break_write)"
+					       : "the snapshot becomes invalid (break_snapshot)");
+}
+
 int cmd_snapshot(int argc, char **argv)
 {
 	struct snapshot_opts o;
 	struct fleece_set s;
 	struct exception e;
-	struct dm_table_lines t = { 0 };
-	struct kv kv = { 0 };
-	char params[256], uuid[DMNAME_LEN + 32], p[PATH_MAX], sz[32], node[PATH_MAX];
-	uint64_t chunk_bytes, slots;
-	uint32_t cookie = 0;
-	int r;
+	uint64_t slots;
+	int r, taken;
 
 	if ((r = parse_snapshot_opts(argc, argv, &o)))
 		return r;
@@ -260,151 +451,33 @@ int cmd_snapshot(int argc, char **argv)
 		return r;
 	if ((r = set_resolve(o.name, &s)))
 		return r;
-	if (!s.have_origin) {
-		err(EXIT_BUSY, s.name, "is half set up (%s has no origin on top)", s.real);
-		hint("clean up with '%s detach %s' and attach again", g_prog, s.name);
-		return EXIT_BUSY;
-	}
-	if (s.have_view) {
-		err(EXIT_BUSY, s.name, "a snapshot exists already (%s/%s, state %s)", dm_dir(), s.view,
-		    s.have_status ? state_name(s.st.state) : "unknown");
-		hint("end it first: %s end %s", g_prog, s.name);
-		return EXIT_BUSY;
-	}
-	if (s.have_status && s.st.state != ST_IDLE) {
-		err(EXIT_BUSY, s.origin, "the origin reports a snapshot (%s) but %s does not exist",
-		    state_name(s.st.state), s.view);
-		hint("check 'dmsetup ls' and 'dmsetup status %s'", s.origin);
-		return EXIT_BUSY;
-	}
-	chunk_bytes = (uint64_t)s.chunk_sectors * 512;
-	if (!chunk_bytes)
-		return err(EXIT_FAIL, s.origin, "cannot read the chunk size from its table");
+	if ((r = check_idle(&s)))
+		return r;
 
+	/* 0. the exception store */
 	if ((r = ensure_set_dir(s.name)))
 		return r;
 	if ((r = setup_exception(&o, &s, &e)))
 		return r;
-	slots = e.bytes / chunk_bytes;
-	if (slots < EXCEPTION_MIN_CHUNKS) {
-		err(EXIT_NOSPACE, o.exception, "is too small: %s holds %" PRIu64 " chunks of %" PRIu64
-		    " KiB, at least %u are needed", fmt_size(sz, sizeof(sz), e.bytes), slots, chunk_bytes / 1024,
-		    EXCEPTION_MIN_CHUNKS);
-		hint("use a bigger device or --size (default for a new file: %u%% of the origin)",
-		     EXCEPTION_DEFAULT_PERCENT);
-		r = EXIT_NOSPACE;
+	if ((r = check_exception_size(&o, &s, &e, &slots)))
 		goto fail_exc;
-	}
-	if (slots * 20 < s.size_sectors / s.chunk_sectors)
-		warn_msg(o.exception, "holds only %" PRIu64 " of %" PRIu64 " chunks (under 5%%): if more than that"
-			 " changes before the backup ends, the snapshot %s", slots,
-			 s.size_sectors / s.chunk_sectors,
-			 o.vt.cbw_error == CBW_BREAK_WRITE ? "stays but writes fail" : "becomes invalid");
-
-	/* record the exception store before the view exists, for 'end' */
-	kv_set(&kv, "device", "%s", e.dev);
-	kv_set(&kv, "devno", "%u:%u", e.major, e.minor);
-	kv_set(&kv, "file", "%s", e.is_file ? e.path : "");
-	kv_set(&kv, "loop", "%d", e.is_file);
-	kv_set(&kv, "created", "%d", e.created);
-	kv_set(&kv, "bytes", "%" PRIu64, e.bytes);
-	set_path(p, sizeof(p), s.name, "exception");
-	if (kv_save(&kv, p)) {
-		r = err(EXIT_FAIL, p, "cannot write state: %s", strerror(errno));
+	if ((r = record_exception(&s, &e)))
 		goto fail_exc;
-	}
 
 	/* 1. create and load the view */
-	snprintf(uuid, sizeof(uuid), "%s%s", UUID_VIEW, s.name);
-	if (dmx_create(s.view, uuid, NULL, UDEV_FLAGS_VIEW)) {
-		r = err(dmx_errno == EBUSY ? EXIT_BUSY : EXIT_FAIL, s.view, "cannot create: %s", strerror(dmx_errno));
+	if ((r = create_view(&s)))
 		goto fail_exc;
-	}
-	{
-		struct dmx_info vi;
-
-		if (dmx_info(s.view, &vi) == 1) {
-			s.view_major = vi.major;
-			s.view_minor = vi.minor;
-		}
-	}
-	o.vt.origin_major = s.origin_major;
-	o.vt.origin_minor = s.origin_minor;
-	o.vt.exc_major = e.major;
-	o.vt.exc_minor = e.minor;
-	if (format_view_params(params, sizeof(params), &o.vt) < 0) {
-		r = err(EXIT_FAIL, s.view, "table line too long");
+	if ((r = load_view(&o, &s, &e)))
 		goto fail_view;
-	}
-	t.n = 1;
-	t.t[0].start = 0;
-	t.t[0].len = s.size_sectors;
-	snprintf(t.t[0].type, sizeof(t.t[0].type), "%s", TARGET_VIEW);
-	t.t[0].params = params;
-	vmsg("%s: 0 %" PRIu64 " %s %s", s.view, s.size_sectors, TARGET_VIEW, params);
-	if (dmx_load(s.view, &t)) {
-		if (dmx_errno == EBUSY)
-			r = EXIT_BUSY;
-		else if (dmx_errno == ENOSPC)
-			r = EXIT_NOSPACE;
-		else
-			r = EXIT_FAIL;
-		err(r, s.view, "the kernel refused the view: %s", strerror(dmx_errno));
-		kernel_reason(s.view_major, s.view_minor);
-		goto fail_view;
-	}
-	/* the view holds the loop device now; autoclear frees it with the view */
-	if (e.loop_fd >= 0) {
-		close(e.loop_fd);
-		e.loop_fd = -1;
-	}
 
-	/* 2..4: the point in time */
-	critical_begin();
-	if (dmx_suspend(s.origin, 1)) {
-		/*
-		 * EBUSY: the file system on it is frozen already (fsfreeze), and
-		 * 6.1 cannot freeze it a second time.  It is consistent as it is.
-		 */
-		if (dmx_errno != EBUSY || dmx_suspend(s.origin, 0)) {
-			r = err(EXIT_FAIL, s.origin, "cannot suspend: %s", strerror(dmx_errno));
-			critical_end();
-			goto fail_view;
-		}
-		vmsg("%s: its file system is frozen already; suspended without freezing it", s.origin);
-	}
-	/*
-	 * The udev wait for the view comes after the origin's resume: udev's
-	 * rules may read the view, and its reads go to the suspended origin.
-	 */
-	if (dmx_resume_nowait(s.view, UDEV_FLAGS_VIEW, &cookie)) {
-		r = err(EXIT_FAIL, s.view, "cannot start the snapshot: %s", strerror(dmx_errno));
-		kernel_reason(s.view_major, s.view_minor);
-		if (dmx_resume_nowait(s.origin, 0, &cookie))
-			hint("%s is left suspended: 'dmsetup resume %s'", s.origin, s.origin);
-		critical_end();
-		dmx_udev_wait(cookie);
+	/* 2..4. suspend the origin, resume the view, resume the origin */
+	r = take_point_in_time(&s, &taken);
+	if (r && taken)
+		return r;	/* the snapshot exists; the origin may be left suspended */
+	if (r)
 		goto fail_view;
-	}
-	if (dmx_resume_nowait(s.origin, 0, &cookie)) {
-		critical_end();
-		r = err(EXIT_FAIL, s.origin, "cannot resume after the snapshot: %s", strerror(dmx_errno));
-		hint("the snapshot exists; resume the origin with 'dmsetup resume %s'", s.origin);
-		dmx_udev_wait(cookie);
-		return r;
-	}
-	critical_end();
-	dmx_udev_wait(cookie);
 
-	set_refresh(&s);
-	if (dm_node_path(node, sizeof(node), s.view))
-		snprintf(node, sizeof(node), "%s/%s", dm_dir(), s.view);
-	msg("snapshot of %s taken: %s (%s, state %s)", s.name, node,
-	    fmt_size(sz, sizeof(sz), s.size_sectors * 512), s.have_status ? state_name(s.st.state) : "unknown");
-	msg("exception store: %s%s%s, %" PRIu64 " chunks of %" PRIu64 " KiB; when full: %s", e.dev,
-	    e.is_file ? " on " : "", e.is_file ? e.path : "", slots, chunk_bytes / 1024,
-	    o.vt.cbw_error == CBW_BREAK_WRITE ? "writes to the origin fail (break_write)"
-					       : "the snapshot becomes invalid (break_snapshot)");
+	print_snapshot(&o, &s, &e, slots);
 	return EXIT_OK;
 
 fail_view:
