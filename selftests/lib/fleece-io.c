@@ -14,6 +14,17 @@
  *	with O_DIRECT, one at a time, and stores the number of completed
  *	writes in FILE after each.  Runs until killed.
  *
+ *   fleece-io verify-loop --view DEV --ref FILE --seconds N [--readers N]
+ *            [--origin DEV --writers N] [--seed N] [--max-write KiB]
+ *	Readers read random ranges of the view (O_DIRECT, up to --max-write
+ *	KiB) for N seconds, or until SIGTERM or SIGINT, and compare every read
+ *	that succeeds with FILE; writers, if any, write to the origin as in
+ *	stress.  Prints the number of reads that returned the reference (ok),
+ *	that failed with EIO (eio), that returned other data (wrong), that
+ *	failed otherwise (other), and the writes that failed (write_errors);
+ *	exits 1 on a wrong or other read or a failed write.  Failed reads are
+ *	expected once a snapshot is invalid; wrong data never is.
+ *
  *   fleece-io fill --dev DEV [--seed N]
  *	Fills DEV with pseudo-random data, fast.
  *
@@ -27,6 +38,7 @@
 #include <getopt.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +62,7 @@ static int no_zeroes;	/* FLEECE_IO_NO_ZEROES: no BLKZEROOUT */
 
 static atomic_ullong reads_checked, blocks_checked, mismatches, read_errors;
 static atomic_ullong writes_done, discards_done, zeroes_done, write_errors;
+static atomic_ullong reads_ok, reads_eio, reads_wrong, reads_other;
 
 static uint64_t xorshift(uint64_t *s)
 {
@@ -202,32 +215,54 @@ static void *reader(void *arg)
 	return NULL;
 }
 
-static int run_stress(void)
+/*
+ * Opens the view and the reference and starts nr_writers writers on the
+ * origin and nr_readers threads running @read_fn on the view, in @t
+ * (room for 64).  Returns how many threads run, or -1.
+ */
+static int start_threads(pthread_t *t, void *(*read_fn)(void *))
 {
-	pthread_t t[64];
 	unsigned int i, n = 0;
 	int fd;
 
-	if (!origin_path || !view_path || !ref_path) {
-		fprintf(stderr, "fleece-io stress: --origin, --view and --ref are required\n");
-		return 2;
-	}
 	fd = open_dev(view_path, O_RDONLY);
 	dev_bytes = dev_size(fd);
 	close(fd);
 	ref_fd = open(ref_path, O_RDONLY);
 	if (ref_fd < 0) {
 		perror(ref_path);
-		return 2;
+		return -1;
 	}
 	for (i = 0; i < nr_writers && n < 64; i++)
 		pthread_create(&t[n++], NULL, writer, (void *)(uintptr_t)i);
 	for (i = 0; i < nr_readers && n < 64; i++)
-		pthread_create(&t[n++], NULL, reader, (void *)(uintptr_t)i);
-	sleep(seconds);
+		pthread_create(&t[n++], NULL, read_fn, (void *)(uintptr_t)i);
+	return n;
+}
+
+static void stop_threads(pthread_t *t, int n)
+{
+	int i;
+
 	stop = 1;
 	for (i = 0; i < n; i++)
 		pthread_join(t[i], NULL);
+}
+
+static int run_stress(void)
+{
+	pthread_t t[64];
+	int n;
+
+	if (!origin_path || !view_path || !ref_path) {
+		fprintf(stderr, "fleece-io stress: --origin, --view and --ref are required\n");
+		return 2;
+	}
+	n = start_threads(t, reader);
+	if (n < 0)
+		return 2;
+	sleep(seconds);
+	stop_threads(t, n);
 
 	printf("reads_checked=%llu sectors_checked=%llu mismatches=%llu read_errors=%llu writes=%llu discards=%llu write_zeroes=%llu write_errors=%llu\n",
 	       (unsigned long long)reads_checked, (unsigned long long)blocks_checked,
@@ -235,6 +270,83 @@ static int run_stress(void)
 	       (unsigned long long)writes_done, (unsigned long long)discards_done,
 	       (unsigned long long)zeroes_done, (unsigned long long)write_errors);
 	return (mismatches || read_errors || write_errors || !reads_checked) ? 1 : 0;
+}
+
+/*
+ * verify-loop: one reader.  A read counts as wrong when it succeeds and any
+ * of its sectors differs from the reference; a short read counts as other.
+ */
+static void *verifier(void *arg)
+{
+	uint64_t s = seed * 15485863 + (uintptr_t)arg;
+	int fd = open_dev(view_path, O_RDONLY);
+	void *buf = xalign(max_write), *ref = malloc(max_write);
+	unsigned long long off, len;
+	ssize_t n;
+
+	while (!stop) {
+		pick_range(&s, max_write, &off, &len);
+		n = pread(fd, buf, len, off);
+		if (n < 0 && errno == EIO) {
+			atomic_fetch_add(&reads_eio, 1);
+			continue;
+		}
+		if (n != (ssize_t)len) {
+			if (atomic_fetch_add(&reads_other, 1) < 10)
+				fprintf(stderr, "# read at %llu+%llu: %s\n", off, len,
+					n < 0 ? strerror(errno) : "short read");
+			continue;
+		}
+		if (pread(ref_fd, ref, len, off) != (ssize_t)len) {
+			perror("reference read");
+			exit(2);
+		}
+		if (memcmp(buf, ref, len)) {
+			if (atomic_fetch_add(&reads_wrong, 1) < 10)
+				fprintf(stderr, "# WRONG: read at sector %llu+%llu succeeded with data that is not the snapshot's\n",
+					off / SECTOR, len / SECTOR);
+			continue;
+		}
+		atomic_fetch_add(&reads_ok, 1);
+	}
+	free(buf);
+	free(ref);
+	close(fd);
+	return NULL;
+}
+
+static void on_stop_signal(int sig)
+{
+	(void)sig;
+	stop = 1;
+}
+
+static int run_verify_loop(void)
+{
+	struct sigaction sa = { .sa_handler = on_stop_signal };
+	unsigned int ticks;
+	pthread_t t[64];
+	int n;
+
+	if (!view_path || !ref_path || (nr_writers && !origin_path)) {
+		fprintf(stderr, "fleece-io verify-loop: --view, --ref (and --origin for writers) are required\n");
+		return 2;
+	}
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	n = start_threads(t, verifier);
+	if (n < 0)
+		return 2;
+	/* Short naps: the signal may go to a thread blocked in I/O. */
+	for (ticks = 0; !stop && ticks < seconds * 10; ticks++)
+		usleep(100000);
+	stop_threads(t, n);
+	printf("ok=%llu eio=%llu wrong=%llu other=%llu writes=%llu write_errors=%llu\n",
+	       (unsigned long long)reads_ok, (unsigned long long)reads_eio,
+	       (unsigned long long)reads_wrong, (unsigned long long)reads_other,
+	       (unsigned long long)(writes_done + discards_done + zeroes_done),
+	       (unsigned long long)write_errors);
+	return (reads_wrong || reads_other || write_errors) ? 1 : 0;
 }
 
 /* Content of block @b after stamp write @i (i > 0), or of a never written one. */
@@ -348,7 +460,7 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *mode = argc > 1 ? argv[1] : "";
-	int c;
+	int c, writers_given = 0;
 
 	optind = 2;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -357,7 +469,7 @@ int main(int argc, char **argv)
 		case 'v': view_path = optarg; break;
 		case 'r': ref_path = optarg; break;
 		case 's': seconds = strtoul(optarg, NULL, 0); break;
-		case 'w': nr_writers = strtoul(optarg, NULL, 0); break;
+		case 'w': nr_writers = strtoul(optarg, NULL, 0); writers_given = 1; break;
 		case 'R': nr_readers = strtoul(optarg, NULL, 0); break;
 		case 'S': seed = strtoull(optarg, NULL, 0) ?: 1; break;
 		case 'm': max_write = strtoull(optarg, NULL, 0) * 1024; break;
@@ -379,6 +491,11 @@ int main(int argc, char **argv)
 		return run_stamp();
 	if (!strcmp(mode, "check-stamps"))
 		return run_check_stamps();
-	fprintf(stderr, "usage: fleece-io stress|stamp|check-stamps [options]\n");
+	if (!strcmp(mode, "verify-loop")) {
+		if (!writers_given)
+			nr_writers = 0;
+		return run_verify_loop();
+	}
+	fprintf(stderr, "usage: fleece-io stress|verify-loop|fill|stamp|check-stamps [options]\n");
 	return 2;
 }

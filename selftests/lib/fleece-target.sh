@@ -29,6 +29,11 @@ fleece_field() {
 	esac
 }
 
+# klog_mark, then klog_new: the kernel log written since the mark (the
+# harness reads the whole log after the test, so it must not be cleared).
+klog_mark() { __klog_mark=$(dmesg | wc -l); }
+klog_new() { dmesg | tail -n +$((__klog_mark + 1)); }
+
 # fleece_events NAME: the dm event counter of NAME.
 fleece_events() {
 	dmsetup info -c --noheadings -o events "$1" | tr -d ' '
