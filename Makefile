@@ -41,7 +41,7 @@ FLEECECTL := $(wildcard tools/fleecectl/Makefile)
 
 .PHONY: all modules modules-all tools selftests sparse checkpatch deps \
 	check check-harness stress demo bench dkms-check install uninstall \
-	clean help
+	clean help debug-kernel
 
 all: modules tools
 
@@ -84,6 +84,10 @@ deps:
 check: deps
 	@tools/check.sh
 
+## debug-kernel: build + install the KASAN/lockdep/kmemleak 6.12 kernel (cached); then KERNELS=debug
+debug-kernel: deps
+	@tools/debug-kernel.sh
+
 ## check-harness: prove the harness catches failures, WARNINGs, timeouts, panics, hangs
 check-harness: deps
 	@tools/check-harness.sh
@@ -124,5 +128,5 @@ endif
 help:
 	@echo "dm-fleece make targets (KVER=$(KVER), KERNELS=$(KERNELS)):"
 	@sed -n 's/^## /  /p' $(MAKEFILE_LIST)
-	@echo "variables: KVER= or KDIR= (one kernel), KERNELS=\"6.1 6.12\", TESTS=glob,"
+	@echo "variables: KVER= or KDIR= (one kernel), KERNELS=\"6.1 6.12\" (or debug), TESTS=glob,"
 	@echo "  STRESS=short|long, W= (kbuild warnings), DESTDIR= PREFIX= (install)"

@@ -54,6 +54,7 @@ modprobe -q configfs
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
 modprobe dm-mod || die "modprobe dm-mod failed"
 modprobe dm-snapshot || die "modprobe dm-snapshot failed"
+modprobe dm-zero || die "modprobe dm-zero failed"
 ko=${FLEECE_KO:-$SRC/build/$(uname -r)/dm-fleece.ko}
 [ -e "$ko" ] || die "$ko missing"
 if [ ! -d /sys/module/dm_fleece ]; then
@@ -127,7 +128,7 @@ since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; 
 
 # ---- contenders -----------------------------------------------------------
 
-DMNAMES="bench-fv bench-ss bench-fo bench-so bench-lin"
+DMNAMES="bench-fv bench-ss bench-fo bench-so bench-lin bench-big"
 
 teardown() {
 	local n have
@@ -399,6 +400,44 @@ w_viewread() {
 	teardown
 }
 
+# Workload 7: first writes while the backup releases the whole image.  The
+# origin is a RELEASE_GB GiB dm-zero area followed by the null_blk disk, so
+# that a release of the zero area walks millions of 4 KiB chunks while the
+# first writes (4 KiB random, QD1, each to an untouched chunk) go to the
+# disk.  fleece only: dm-snapshot has no release.  The p99 of the first
+# writes with the release running, against the same without it, shows
+# whether a large release holds them back.
+w_release() {
+	local ckb=$((DEFAULT_CHUNK / 2)) kind tail=$((RELEASE_GB * 2097152)) pid
+	for kind in $(rotate "$REP" idle releasing); do
+		teardown
+		CONTENDER=fleece WDEV= RDEV= STATUS_DEV= pid=
+		if ! dmcreate bench-big "0 $tail zero
+$tail $SECTORS linear $ORIG 0" ||
+			! dmcreate bench-fo "0 $((tail + SECTORS)) fleece /dev/mapper/bench-big $DEFAULT_CHUNK" ||
+			! dmcreate bench-fv "0 $((tail + SECTORS)) fleece-view /dev/mapper/bench-fo $EXC"; then
+			NFAIL=$((NFAIL + 1))
+			log "setup of the release workload failed"
+			continue
+		fi
+		WDEV=/dev/mapper/bench-fo RDEV=/dev/mapper/bench-fv STATUS_DEV=bench-fv
+		rm -f "$work/release-stop"
+		if [ "$kind" = releasing ]; then
+			# Again and again: a second release of released chunks walks them
+			# all the same.
+			(while [ ! -e "$work/release-stop" ]; do
+				dmsetup message bench-fv 0 release 0 "$tail" || break
+			done) &
+			pid=$!
+		fi
+		runfio release "$ckb" "lat-qd1-$kind" --name=rel --filename="$WDEV" --rw=randwrite \
+			--bs=4k --ioengine=psync --offset=$((tail * 512)) --size="${REGION_MB}M" "${RT[@]}"
+		touch "$work/release-stop"
+		[ -n "$pid" ] && wait "$pid"
+	done
+	teardown
+}
+
 # Kernel memory per copied chunk: meminfo (after dropping caches) before the
 # snapshot, after creating it, after copying MEM_MB MiB worth of chunks, and
 # after removing it.
@@ -524,6 +563,10 @@ for MODE in $MODES; do
 		if has viewread; then
 			log "mode $MODE rep $REP/$REPS: view reads"
 			w_viewread
+		fi
+		if has release; then
+			log "mode $MODE rep $REP/$REPS: first writes during a whole-device release"
+			w_release
 		fi
 	done
 	if has memory; then

@@ -30,6 +30,9 @@
 #                  writer under workload 5's loaded read (100/s)
 #   BENCH_CHUNKS_KB, BENCH_SEQ_CHUNKS_KB: chunk sizes (KiB) of workloads 1
 #                  and 3 ("4 64 1024"); "4" alone covers every target
+#   BENCH_WORKLOADS  the full run's mem-mode workloads (default: all of
+#                  "passthrough firstwrite firstwrite-seq steady viewread
+#                  release memory")
 #   VM_MEM, VM_SMP, VM_TIMEOUT  passed to tools/vm/boot.sh
 set -uo pipefail
 
@@ -67,7 +70,7 @@ fi
 
 # ---- parameters -------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
-	ORIGIN_MB=64 EXC_MB=80 REGION_MB=48 STEADY_MB=16
+	ORIGIN_MB=64 EXC_MB=80 REGION_MB=48 STEADY_MB=16 RELEASE_GB=16
 	MEM_RAND_MB=8 MEM_RAND_CHUNKS=1024 MEM_MB=8
 	CHUNKS_KB="4" SEQ_CHUNKS_KB="64" W1_MAX_IOS=20000
 	REPS=${BENCH_REPS:-1} MEM_REPS=1 RUNTIME=${BENCH_RUNTIME:-1}
@@ -82,12 +85,12 @@ if [ "$QUICK" = 1 ]; then
 	TIME_BUDGET=170
 	: "${VM_MEM:=2G}" "${VM_TIMEOUT:=285}"
 else
-	ORIGIN_MB=1024 EXC_MB=1024 REGION_MB=768 STEADY_MB=128
+	ORIGIN_MB=1024 EXC_MB=1024 REGION_MB=768 STEADY_MB=128 RELEASE_GB=64
 	MEM_RAND_MB=256 MEM_RAND_CHUNKS=16384 MEM_MB=256
 	CHUNKS_KB=${BENCH_CHUNKS_KB:-4 64 1024} SEQ_CHUNKS_KB=${BENCH_SEQ_CHUNKS_KB:-4 64 1024}
 	W1_MAX_IOS=40000
 	REPS=${BENCH_REPS:-3} MEM_REPS=${BENCH_REPS:-3} RUNTIME=${BENCH_RUNTIME:-3}
-	MEM_WORKLOADS="passthrough firstwrite firstwrite-seq steady viewread memory"
+	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread release memory}
 	SSD_WORKLOADS="passthrough firstwrite steady"
 	SKIP_KINDS="ssd:passthrough:randread-qd32 ssd:passthrough:seqwrite-1m"
 	MEM_SETTLE=2
@@ -154,7 +157,7 @@ else
 fi
 
 {
-	for v in QUICK kver ORIGIN_MB EXC_MB REGION_MB STEADY_MB MEM_RAND_MB MEM_RAND_CHUNKS MEM_MB \
+	for v in QUICK kver ORIGIN_MB EXC_MB REGION_MB STEADY_MB RELEASE_GB MEM_RAND_MB MEM_RAND_CHUNKS MEM_MB \
 		CHUNKS_KB SEQ_CHUNKS_KB \
 		W1_MAX_IOS REPS MEM_REPS RUNTIME MODES MEM_WORKLOADS SSD_WORKLOADS SSD_NSEC \
 		DEFAULT_CHUNK MEM_CHUNK SKIP_KINDS MEM_SETTLE TIME_BUDGET LOAD_IOPS; do

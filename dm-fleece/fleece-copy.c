@@ -120,9 +120,10 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
  * @error: why, for the status.
  * @issue: gets origin writes to submit after the unlock.
  * @fail: gets bios to fail after the unlock.
- *  break_snapshot invalidates the snapshot and lets
- * the writes go; break_write fails the writes waiting on @job (to @fail) and
- * keeps the snapshot.  Later writes to the chunk fail while the job's I/O is
+ *
+ * break_snapshot invalidates the snapshot and lets the writes go;
+ * break_write fails the writes waiting on @job (to @fail) and keeps the
+ * snapshot.  Later writes to the chunk fail while the job's I/O is
  * still in flight and start a new copy once it has finished.
  */
 static void __fleece_fail_copy(struct fleece_core *core,

@@ -13,6 +13,10 @@
 
 #include "fleece-core.h"
 
+/*
+ * Puts origin write @bio on @list, to wait, and counts it in the status.
+ * Caller holds core->lock.
+ */
 void __fleece_hold_write(struct fleece_core *core, struct bio_list *list,
 			 struct bio *bio)
 {
@@ -27,6 +31,7 @@ void __fleece_hold_write(struct fleece_core *core, struct bio_list *list,
 	}
 }
 
+/* Takes the first write off @list, or NULL.  Caller holds core->lock. */
 struct bio *__fleece_pop_write(struct fleece_core *core, struct bio_list *list)
 {
 	struct bio *bio = bio_list_pop(list);
@@ -51,8 +56,8 @@ static void trim_to_chunk(struct bio *bio, sector_t chunk_sectors)
  * @core: the core; caller holds core->lock.
  * @bio: the write, trimmed to one chunk.
  * @io: its per-bio data.
- *  Returns
- * FLEECE_ROUTE_HELD with @bio on a job or behind view reads;
+ *
+ * Returns FLEECE_ROUTE_HELD with @bio on a job or behind view reads;
  * FLEECE_ROUTE_NEED_COPY when the chunk needs a copy job that only the
  * worker can create; FLEECE_ROUTE_FAIL when a break_write copy of the
  * chunk has failed and is still in flight; FLEECE_ROUTE_ISSUE otherwise.
@@ -183,8 +188,8 @@ static bool __origin_run(struct fleece_snapshot *s, u32 chunk, u32 last,
  * @io: its per-bio data.
  * @in_map: called from map().
  *
- * In map() (@in_map) the read may be trimmed so
- * that it covers one source; elsewhere it must already cover one chunk.
+ * In map() (@in_map) the read may be trimmed so that it covers one source;
+ * elsewhere it must already cover one chunk.
  * Returns FLEECE_ROUTE_ISSUE with @bio remapped to the origin (and registered
  * as a reader) or to the exception device, FLEECE_ROUTE_HELD when it waits
  * for a BUFFERED chunk's copy to land or for the origin to resume, or

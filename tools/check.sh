@@ -5,7 +5,8 @@
 #
 #  1. host: build dm-fleece.ko for each kernel (W=1; a warning fails), the
 #     C selftests and tools/fleecectl; sparse per kernel; fleecectl's unit
-#     tests (`make -C tools/fleecectl test`, TAP); dkms build per kernel;
+#     tests (`make -C tools/fleecectl test`, TAP) and the exception map's
+#     (`make -C tools/emap-test test`, TAP); dkms build per kernel;
 #  2. guest: for each kernel, one QEMU boot that runs every selected
 #     selftest (tools/vm/guest-run.sh), watched from here so that a panic,
 #     a hang or a dead QEMU is a failure too.
@@ -30,6 +31,12 @@
 #             machine shared with other guests)
 #   VM_GRACE  seconds a guest may overrun a test's timeout before the host
 #             declares it hung (60); VM_BOOT_TIMEOUT (300); VM_SMP, VM_MEM
+#
+# The debug kernel (KERNELS=debug, `make debug-kernel`: KASAN, lockdep,
+# kmemleak...) runs several times slower: unless set, TIMEOUT_SCALE is 3,
+# VM_GRACE 180 and VM_BOOT_TIMEOUT 900 for it (and VM_MEM 4G, in boot.sh),
+# sparse does not run against it, and BENCH defaults to 0 when it is the
+# first kernel (timings under KASAN mean nothing).
 set -uo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,8 +48,11 @@ KERNELS=${KERNELS:-all}
 TESTS=${TESTS:-}
 STRESS=${STRESS:-short}
 if [ -n "$TESTS" ]; then HOST=${HOST:-0}; else HOST=${HOST:-1}; fi
-BENCH=${BENCH:-$HOST}
 HARNESS=${FLEECE_HARNESS_SELFTEST:-0}
+# What the caller set, before the defaults: a debug kernel has its own.
+USER_TIMEOUT_SCALE=${TIMEOUT_SCALE:-}
+USER_VM_GRACE=${VM_GRACE:-}
+USER_VM_BOOT_TIMEOUT=${VM_BOOT_TIMEOUT:-}
 VM_GRACE=${VM_GRACE:-60}
 VM_BOOT_TIMEOUT=${VM_BOOT_TIMEOUT:-300}
 DEFAULT_TIMEOUT=300
@@ -51,6 +61,10 @@ export STRESS
 case $STRESS in short | long) ;; *) echo "check: STRESS must be short or long" >&2; exit 2 ;; esac
 mapfile -t kvers < <(tools/vm/kernels.sh $KERNELS)
 [ ${#kvers[@]} -gt 0 ] || exit 2
+
+# debug_kernel KVER: built by `make debug-kernel` (tools/debug-kernel.sh).
+debug_kernel() { case $1 in *-fleece-debug) return 0 ;; esac; return 1; }
+if debug_kernel "${kvers[0]}"; then BENCH=${BENCH:-0}; else BENCH=${BENCH:-$HOST}; fi
 
 top=$src/build/check
 mkdir -p "$top"
@@ -226,6 +240,8 @@ make_test_list() {
 # ---- one guest per kernel -----------------------------------------------
 
 BAD='WARNING:|BUG:|kernel BUG at|Oops|general protection|soft lockup|hard LOCKUP|hung_task|blocked for more than|KASAN|UBSAN|list_add corruption|list_del corruption|refcount_t|Kernel panic|detected stalls?|self-detected stall'
+# The debug kernel's lockdep and debug-objects reports (as in guest-run.sh).
+BAD+='|possible circular locking dependency|inconsistent lock state|possible recursive locking|lock inversion dependency|suspicious RCU usage|trying to register non-static key|turning off the locking correctness validator|ODEBUG:'
 
 # Print and count the results.tsv lines of RUN not shown yet.
 shown=0
@@ -264,6 +280,14 @@ show_results() {
 run_guest() {
 	local k=$1 run=$top/$1 ntests t0 st last= deadline hang= qrc booted_at=
 	local idx name timeout p f s
+	# Per kernel, seen by make_test_list (timeout_of) and the watchdog
+	# below: the debug kernel's slower defaults, unless the caller set them.
+	local TIMEOUT_SCALE=${USER_TIMEOUT_SCALE:-1} VM_GRACE=$VM_GRACE VM_BOOT_TIMEOUT=$VM_BOOT_TIMEOUT
+	if debug_kernel "$k"; then
+		TIMEOUT_SCALE=${USER_TIMEOUT_SCALE:-3}
+		VM_GRACE=${USER_VM_GRACE:-180}
+		VM_BOOT_TIMEOUT=${USER_VM_BOOT_TIMEOUT:-900}
+	fi
 	t0=$EPOCHREALTIME
 	rm -rf "$run"
 	mkdir -p "$run"
@@ -274,10 +298,12 @@ run_guest() {
 		printf 'FLEECE_SRC=%q\n' "$src"
 		printf 'FLEECE_KO=%q\n' "$src/build/$k/dm-fleece.ko"
 		printf 'STRESS=%q\n' "$STRESS"
+		printf 'TIMEOUT_SCALE=%q\n' "$TIMEOUT_SCALE"
 		[ -n "${FLEECE_TRACE:-}" ] && printf 'FLEECE_TRACE=1\n'
 	} >"$run/job.env"
 
-	echo "== guest $k: $ntests test program(s), STRESS=$STRESS"
+	echo "== guest $k: $ntests test program(s), STRESS=$STRESS$(debug_kernel "$k" &&
+		echo ", TIMEOUT_SCALE=$TIMEOUT_SCALE (debug kernel)")"
 	# Own process group (for the watchdog), and without the lock's fd.
 	setsid tools/vm/boot.sh "$k" "$run" "$src/tools/vm/guest-run.sh" \
 		>"$run/boot.log" 2>&1 </dev/null 7>&- &
@@ -385,10 +411,15 @@ if [ "$HARNESS" = 1 ]; then
 fi
 if [ "$HOST" = 1 ]; then
 	for k in "${kvers[@]}"; do
+		# The Debian 6.12 kernel covers sparse for the same API.
+		debug_kernel "$k" && continue
 		step "sparse $k" tools/kbuild.sh --quiet --sparse "$k"
 	done
 	if [ -f tools/fleecectl/Makefile ] && grep -qE '^test[[:space:]]*:' tools/fleecectl/Makefile; then
 		tap_step "fleecectl unit tests" make -s -C tools/fleecectl test
+	fi
+	if [ -f tools/emap-test/Makefile ]; then
+		tap_step "exception map unit tests" make -s -C tools/emap-test test
 	fi
 	tap_step "dkms build" tools/dkms-check.sh "${kvers[@]}"
 fi

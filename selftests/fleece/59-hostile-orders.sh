@@ -3,7 +3,7 @@
 #
 # Valid dmsetup commands in random orders: every life-cycle step of the
 # origin device (load a fleece or a linear table, resume, suspend, clear
-# the inactive table, remove, create) and of the view (create, create with
+# the inactive table, remove, create, and a whole swap) and of the view (create, create with
 # no table then load, resume, suspend, remove), mixed with writes to the
 # origin.  After every step the view's promise is checked: while its status
 # says active, it reads exactly the origin as it was when its snapshot
@@ -12,6 +12,7 @@
 # Each sequence comes from a seed, printed, so a failure can be replayed
 # with SEED=N.
 # TIMEOUT: 400
+# TIMEOUT_LONG: 3000
 . "$(dirname "$0")/../lib/ktap.sh"
 . "$(dirname "$0")/../lib/fleece-target.sh"
 
@@ -19,8 +20,8 @@ fleece_require_root
 fleece_require dmsetup losetup cmp
 fleece_load || ktap_bail "cannot load dm-fleece"
 
-STEPS=$(fleece_stress 70 400)
-SEEDS=${SEED:-"11 12 13"}
+STEPS=$(fleece_stress 45 400)
+SEEDS=${SEED:-$(fleece_stress "11 12" "11 12 13 14 15 16 17 18")}
 
 tmp=$(fleece_tmpdir)
 o=$(fleece_loopdev 4M "$tmp/o.img")
@@ -29,15 +30,24 @@ sectors=$(blockdev --getsz "$o")
 FLEECE="0 $sectors fleece $o 128"
 LINEAR="0 $sectors linear $o 0"
 VIEW="0 $sectors fleece-view /dev/mapper/ho-o $e"
-fleece_cleanup sh -c "dmsetup remove ho-v; dmsetup remove ho-o" >/dev/null 2>&1
+fleece_cleanup sh -c "dmsetup remove ho-v >/dev/null 2>&1; dmsetup remove ho-o >/dev/null 2>&1; true"
 
-# info NAME: "<live> <inactive> <suspended>" as yes/no, or "none".
-info() {
-	local s
-	s=$(dmsetup info "$1" 2>/dev/null) || { echo none; return; }
-	echo "$([[ $s == *"Tables present:"*LIVE* ]] && echo yes || echo no)" \
-		"$([[ $s == *"Tables present:"*INACTIVE* ]] && echo yes || echo no)" \
-		"$([[ $s == *"State:"*SUSPENDED* ]] && echo yes || echo no)"
+# states: sets o_live o_inact o_susp and v_live v_inact v_susp (yes/no,
+# or "none" when the device does not exist) for ho-o and ho-v, from one
+# dmsetup call: every exec is slow in an emulated guest.  dmsetup's attr
+# column reads like "LIsw": (L)ive table, (I)nactive table, (s)uspended.
+states() {
+	local name attr p
+	o_live=none o_inact=none o_susp=none v_live=none v_inact=none v_susp=none
+	while IFS=: read -r name attr; do
+		case $name in ho-o) p=o ;; ho-v) p=v ;; *) continue ;; esac
+		printf -v "${p}_live" no
+		printf -v "${p}_inact" no
+		printf -v "${p}_susp" no
+		[ "${attr:0:1}" = L ] && printf -v "${p}_live" yes
+		[ "${attr:1:1}" = I ] && printf -v "${p}_inact" yes
+		[ "${attr:2:1}" = s ] && printf -v "${p}_susp" yes
+	done < <(dmsetup info -c --noheadings -o name,attr --separator : 2>/dev/null)
 }
 
 dm() { timeout 60 dmsetup "$@" >/dev/null 2>&1; }
@@ -51,20 +61,26 @@ for seed in $SEEDS; do
 	view_state=none
 	log=()
 	for ((i = 0; i < STEPS; i++)); do
-		read -r olive oinact osusp <<<"$(info ho-o)"
-		read -r vlive vinact vsusp <<<"$(info ho-v)"
+		states
+		olive=$o_live osusp=$o_susp
 		ops=(write write)
 		if [ "$olive" = none ]; then
 			ops+=(o_create_fleece o_create_fleece o_create_linear)
 		else
 			ops+=(o_load_fleece o_load_linear o_resume o_suspend o_clear o_remove)
+			# Whole swaps too (dm suspends, swaps and resumes in one call):
+			# random loads and resumes alone rarely line up.
+			ops+=(o_swap_fleece o_swap_linear)
 		fi
-		if [ "$vlive" = none ]; then
+		if [ "$v_live" = none ]; then
 			ops+=(v_create v_create v_create_notable)
 		else
 			ops+=(v_resume v_suspend v_remove v_load)
 		fi
 		op=${ops[RANDOM % ${#ops[@]}]}
+		# Every sixth step starts over from a running origin and a fresh
+		# view: a pure random walk spends most of its time with no view.
+		((i % 6)) || op=reset
 		log+=("$op")
 		rc=0
 		case $op in
@@ -80,6 +96,8 @@ for seed in $SEEDS; do
 		o_load_fleece) dm load ho-o --table "$FLEECE" || rc=$? ;;
 		o_load_linear) dm load ho-o --table "$LINEAR" || rc=$? ;;
 		o_resume) dm resume ho-o || rc=$? ;;
+		o_swap_fleece) dm load ho-o --table "$FLEECE" && dm resume ho-o || rc=$? ;;
+		o_swap_linear) dm load ho-o --table "$LINEAR" && dm resume ho-o || rc=$? ;;
 		o_suspend) dm suspend ho-o || rc=$? ;;
 		o_clear) dm clear ho-o || rc=$? ;;
 		o_remove) dm remove ho-o || rc=$? ;;
@@ -89,6 +107,17 @@ for seed in $SEEDS; do
 		v_resume) dm resume ho-v || rc=$? ;;
 		v_suspend) dm suspend ho-v || rc=$? ;;
 		v_remove) dm remove ho-v || rc=$? ;;
+		reset)
+			[ "$v_susp" = yes ] && dm resume ho-v
+			[ "$v_live" != none ] && dm remove ho-v
+			view_state=none
+			[ "$osusp" = yes ] && dm resume ho-o
+			if [ "$olive" = none ]; then
+				dm create ho-o --table "$FLEECE"
+			else
+				dm load ho-o --table "$FLEECE" && dm resume ho-o
+			fi && dm create ho-v --table "$VIEW" || rc=$?
+			;;
 		esac
 		steps_run=$((steps_run + 1))
 		if [ "$rc" = 124 ]; then
@@ -101,17 +130,17 @@ for seed in $SEEDS; do
 
 		# A refused origin load or resume leaves no device suspended that
 		# was running before the step.
-		read -r nlive _ nsusp <<<"$(info ho-o)"
-		if [ "$rc" -ne 0 ] && [ "$osusp" = no ] && [ "$nsusp" = yes ]; then
+		states
+		if [ "$rc" -ne 0 ] && [ "$osusp" = no ] && [ "$o_susp" = yes ]; then
 			violations=$((violations + 1))
 			ktap_diag "seed $seed step $i: refused '$op' left ho-o suspended; steps: ${log[*]}"
 			dm resume ho-o
 		fi
 
 		# The view's promise.
-		st=$(dmsetup status ho-v 2>/dev/null | awk '{print $4}')
-		read -r vlive _ vsusp <<<"$(info ho-v)"
-		if [ -z "$st" ] || [ "$vlive" != yes ]; then
+		st=
+		[ "$v_live" = yes ] && read -r _ _ _ st _ < <(dmsetup status ho-v 2>/dev/null)
+		if [ -z "$st" ]; then
 			view_state=none
 			continue
 		fi
@@ -122,9 +151,8 @@ for seed in $SEEDS; do
 		view_state=$st
 		# A suspended view, or an origin read that would wait for a
 		# suspended origin, cannot be read now.
-		[ "$vsusp" = yes ] && continue
-		read -r olive _ osusp <<<"$(info ho-o)"
-		[ "$osusp" = yes ] && continue
+		[ "$v_susp" = yes ] && continue
+		[ "$o_susp" = yes ] && continue
 		case $st in
 		active)
 			active_checks=$((active_checks + 1))
@@ -156,7 +184,7 @@ ktap_diag "$steps_run steps ($refused refused), $active_checks checks of an acti
 ktap_result "no command hangs in $steps_run random steps" $?
 [ "$violations" -eq 0 ]
 ktap_result "the view never serves other data while active, never reads while invalid, and no refusal leaves the origin suspended" $?
-[ "$active_checks" -gt 10 ] && [ "$invalid_checks" -gt 0 ]
+[ "$active_checks" -gt 5 ] && [ "$invalid_checks" -gt 0 ]
 ktap_result "the sequences reached both an active and an invalid view" $? ||
 	ktap_diag "$active_checks active checks, $invalid_checks invalid checks"
 [ -z "$(dmsetup ls | grep -E '^ho-')" ]

@@ -10,17 +10,31 @@
 # (or "all") it prints the newest 6.1.* and the newest 6.12.* kernel that
 # have both headers (/lib/modules/V/build) and an image (/boot/vmlinuz-V).
 # Nothing here names an exact ABI number: what deps.sh installed is used.
+#
+# "debug" is the newest *-fleece-debug kernel (`make debug-kernel`,
+# tools/debug-kernel.sh).  It is only ever picked by that name or by its
+# full version: "all", "default" and the series aliases skip it, so a
+# plain `make check` never runs on it.
 set -euo pipefail
 
 usable() {
 	[ -e "/lib/modules/$1/build/Makefile" ] && [ -e "/boot/vmlinuz-$1" ]
 }
 
-# newest SERIES: newest usable kernel whose version starts with SERIES.
+debug_kernel() { case $1 in *-fleece-debug) return 0 ;; esac; return 1; }
+
+# newest SERIES: newest usable kernel whose version starts with SERIES,
+# debug kernels excluded (SERIES "debug": only those).
 newest() {
 	local v best=
 	for v in $(ls /lib/modules 2>/dev/null | sort -V); do
-		case $v in "$1".*) usable "$v" && best=$v ;; esac
+		if [ "$1" = debug ]; then
+			debug_kernel "$v" || continue
+		else
+			debug_kernel "$v" && continue
+			case $v in "$1".*) ;; *) continue ;; esac
+		fi
+		usable "$v" && best=$v
 	done
 	[ -n "$best" ] && echo "$best"
 }
@@ -34,8 +48,9 @@ for s in ${specs[@]//,/ }; do
 		if usable "$(uname -r)"; then
 			out+=("$(uname -r)")
 		else
-			v=$(for v in $(ls /lib/modules 2>/dev/null); do usable "$v" && echo "$v"; done |
-				sort -V | tail -n1)
+			v=$(for v in $(ls /lib/modules 2>/dev/null); do
+				debug_kernel "$v" || ! usable "$v" || echo "$v"
+			done | sort -V | tail -n1)
 			[ -n "$v" ] && out+=("$v")
 		fi
 		;;
@@ -43,6 +58,13 @@ for s in ${specs[@]//,/ }; do
 		for series in 6.1 6.12; do
 			v=$(newest "$series") && out+=("$v")
 		done
+		;;
+	debug)
+		v=$(newest debug) || {
+			echo "kernels.sh: no debug kernel is installed: run 'make debug-kernel' first" >&2
+			exit 1
+		}
+		out+=("$v")
 		;;
 	*)
 		if usable "$s"; then

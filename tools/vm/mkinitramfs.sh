@@ -11,7 +11,11 @@
 # order; depmod -b also runs so busybox modprobe works by hand.
 #
 # The cache key is the kernel version plus the hashes of this script, the
-# init script and busybox: OUT.key holds it.
+# init script, busybox and the kernel's modules.dep and modules.builtin
+# (the debug kernel of `make debug-kernel` can be rebuilt under the same
+# version with other modules): OUT.key holds it.  A kernel with virtio and
+# 9p built in (the debug kernel) gets "builtin" lines from modprobe
+# --show-depends and an initramfs without modules.
 set -euo pipefail
 
 kver=${1:?usage: mkinitramfs.sh KVER OUT}
@@ -23,7 +27,9 @@ modules="virtio_pci 9pnet_virtio 9p"
 [ -x "$busybox" ] && "$busybox" --list | grep -x insmod >/dev/null ||
 	{ echo "mkinitramfs: $busybox (busybox-static) missing: run 'make deps'" >&2; exit 1; }
 
-key=$(printf '%s\n' "$kver" "$(cat "$0" "$here/init" "$busybox" | sha256sum)" | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "$kver" "$(cat "$0" "$here/init" "$busybox" | sha256sum)" \
+	"$(cat "/lib/modules/$kver/modules.dep" "/lib/modules/$kver/modules.builtin" 2>/dev/null | sha256sum)" |
+	sha256sum | cut -c1-16)
 if [ -s "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
 	exit 0
 fi
