@@ -681,10 +681,15 @@ static void process_quarantine(struct fleece_core *core)
 		for_each_set_bit_from(slot, s->quarantine_closed, end) {
 			__clear_bit(slot, s->quarantine_closed);
 			__free_slot(s, slot);
+			/* A write may wait for a slot: see __slots_in_quarantine(). */
+			core->recheck_deferred = true;
 			if (!--s->nr_closed)
 				break;
 		}
 		s->closed_cursor = end;
+		/* nr_closed counts the bits set: a scan to the end finds them all. */
+		if (WARN_ON_ONCE(end == s->nr_slots && s->nr_closed))
+			s->nr_closed = 0;
 		if (!s->nr_closed)
 			__close_quarantine(s);
 		spin_unlock_irq(&core->lock);
@@ -834,6 +839,17 @@ static enum fleece_route __start_copy(struct fleece_core *core,
 }
 
 /*
+ * True when every free exception slot is in quarantine: they come free
+ * once the view reads in flight drain (process_quarantine()), so a write
+ * that needs a slot waits for them rather than fill the store.
+ */
+static bool __slots_in_quarantine(struct fleece_snapshot *s)
+{
+	lockdep_assert_held(&s->core->lock);
+	return s->slots_used >= s->nr_slots && (s->nr_open || s->nr_closed);
+}
+
+/*
  * True when no new copy may start now: max_copies healthy copies are
  * running, or failed copies that hang on their I/O have piled up.
  */
@@ -900,6 +916,10 @@ static void process_writes(struct fleece_core *core)
 				__fleece_fail_copy_nojob(core, FLEECE_ERR_TIMEOUT, &issue, &fail);
 				route = core->state == FLEECE_ACTIVE ? FLEECE_ROUTE_FAIL :
 								       FLEECE_ROUTE_ISSUE;
+			} else if (__slots_in_quarantine(s)) {
+				/* process_quarantine() rechecks: keep the order. */
+				bio_list_add_head(&pending, bio);
+				break;
 			} else if (!spare || spare_snap != s) {
 				if (spare)
 					mempool_free(spare, &spare_snap->job_pool);

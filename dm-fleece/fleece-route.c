@@ -295,7 +295,11 @@ void fleece_view_end_read(struct fleece_core *core, struct fleece_view_io *io,
 	if (io->reading_origin || io->reading_exception) {
 		spin_lock_irqsave(&core->lock, flags);
 		s = core->snap;
-		if (io->reading_origin) {
+		if (!s) {
+			/* The snapshot ended under a removal that did not drain. */
+			io->reading_origin = false;
+			io->reading_exception = false;
+		} else if (io->reading_origin) {
 			fleece_range_remove(&io->range, &s->readers);
 			io->reading_origin = false;
 			/* Pairs with wait_event() in fleece_core_suspend(). */

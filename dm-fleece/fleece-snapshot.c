@@ -91,7 +91,12 @@ static struct fleece_snapshot *snapshot_alloc(struct fleece_core *core,
 		goto bad;
 	if (mempool_init_page_pool(&s->page_pool, 2 * s->chunk_pages, 0))
 		goto bad;
-	bitmap_set(s->needs_copy, 0, s->nr_chunks);
+	/*
+	 * Not bitmap_set(): its length is an int, and an image may have up to
+	 * 2^32 - 2 chunks.  The padding bits past nr_chunks are never looked
+	 * at: every search stops at nr_chunks.
+	 */
+	bitmap_fill(s->needs_copy, s->nr_chunks);
 	/* No slot past the end: the last word fills up like the others. */
 	bitmap_set(s->slot_used, s->nr_slots,
 		   BITS_TO_LONGS(s->nr_slots) * BITS_PER_LONG - s->nr_slots);
@@ -196,8 +201,10 @@ void fleece_snapshot_end(struct fleece_core *core)
 			bio_list_add(&issue, bio);
 	while ((bio = __fleece_pop_write(core, &core->reader_blocked)))
 		bio_list_add(&issue, bio);
-	/* dm drained the view's I/O: nothing can be held, but never leak one. */
-	WARN_ON_ONCE(!bio_list_empty(&core->reads_on_hold));
+	/*
+	 * Normally dm drained the view's I/O, but a removal (__dm_destroy())
+	 * does not wait for it: never leave a held read behind.
+	 */
 	fail = core->reads_on_hold;
 	bio_list_init(&core->reads_on_hold);
 	spin_unlock_irq(&core->lock);

@@ -110,9 +110,11 @@ fleece_dm_remove rel-p
 # 100 ms (dm-delay): the readers started at different moments, so their
 # reads overlap and some are always in flight; with a plain loop device
 # they would all complete at once, now and then, and leave none.  Each
-# cycle copies 32 new chunks and releases them: 320 copies through 64
+# cycle copies 48 new chunks and releases them: 244 copies through 64
 # slots, which only works if released slots come back while other slots
-# are being read.
+# are being read.  60 slots are free, so each cycle's writes need slots that
+# the last cycle's release just put in quarantine: the writes wait for
+# them, the store never counts as full.
 r=$(fleece_loopdev 24M "$tmp/r.img")
 re=$(fleece_loopdev 4M "$tmp/re.img")
 fleece_fill "$r" 58
@@ -121,7 +123,7 @@ rorigin=$(fleece_origin rel-r "$r" 128)
 fleece_snapshot_ref "$rorigin" "$tmp/rref"
 rview=$(fleece_view rel-rv rel-r "$rdelay")
 fleece_expect_field rel-rv slots "0/64" "the exception store has 64 slots"
-head -c $((32 * 65536)) /dev/urandom >"$tmp/cycle"
+head -c $((48 * 65536)) /dev/urandom >"$tmp/cycle"
 dd if="$tmp/cycle" of="$rorigin" bs=65536 count=4 oflag=direct conv=notrunc status=none
 fleece_wait_field rel-rv copied 4 10
 fleece_expect_field rel-rv copied 4 "the four chunks the readers read are copied"
@@ -137,10 +139,10 @@ fleece_cleanup sh -c "kill $fpids 2>/dev/null; true"
 sleep 2
 bad=
 for cycle in $(seq 0 4); do
-	first=$((4 + cycle * 32))
+	first=$((4 + cycle * 48))
 	dd if="$tmp/cycle" of="$rorigin" bs=65536 seek=$first oflag=direct \
 		conv=notrunc status=none || { bad="cycle $cycle: origin write failed"; break; }
-	dmsetup message rel-rv 0 release $((first * 128)) $((32 * 128)) ||
+	dmsetup message rel-rv 0 release $((first * 128)) $((48 * 128)) ||
 		{ bad="cycle $cycle: release failed"; break; }
 	if [ "$(fleece_field rel-rv state)" != active ] || [ "$(fleece_field rel-rv error)" != none ]; then
 		bad="cycle $cycle: $(dmsetup status rel-rv)"
@@ -154,12 +156,12 @@ done
 [ "$running" -eq 4 ]
 ktap_result "the four exception readers ran all along" $?
 [ -z "$bad" ]
-ktap_result "5 cycles of 32 copies and releases with exception reads always in flight" $? ||
+ktap_result "5 cycles of 48 copies and releases with exception reads always in flight" $? ||
 	ktap_diag "$bad"
 fleece_expect_field rel-rv state active "the snapshot is still active"
 fleece_expect_field rel-rv error none "no copy error (the store never filled)"
-fleece_wait_field rel-rv copied 164 10
-fleece_expect_field rel-rv copied 164 "164 chunks were copied through the 64 slots"
+fleece_wait_field rel-rv copied 244 10
+fleece_expect_field rel-rv copied 244 "244 chunks were copied through the 64 slots"
 # shellcheck disable=SC2086
 kill $fpids 2>/dev/null
 wait
