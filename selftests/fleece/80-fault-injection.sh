@@ -132,8 +132,7 @@ for policy in break_snapshot break_write; do
 	dd if="$tmp/ref" of="$o" bs=1M oflag=direct status=none
 	origin=$(fleece_origin fo-o "$o" 8)
 	view=$(fleece_view fo-v fo-o "$e" 2 cbw_error $policy)
-	echo 1 >"/sys/block/$(basename "$(readlink -f "$o")")/make-it-fail"
-	inject fail_make_request 100
+	request_fault "$o"
 	echo 1 >"$dbg/fail_make_request/times"
 	fleece_write "$origin" $((9 * 4096)) 4096 fo-$policy "" dsync
 	rc=$?
