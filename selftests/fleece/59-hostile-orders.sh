@@ -21,7 +21,13 @@ fleece_require dmsetup losetup cmp
 fleece_load || ktap_bail "cannot load dm-fleece"
 
 STEPS=$(fleece_stress 45 400)
-SEEDS=${SEED:-$(fleece_stress "11 12" "11 12 13 14 15 16 17 18")}
+# One seed per kernel keeps the run short; 6.1 and 6.12 together still
+# cover two sequences, and SEED=N replays any one of them.
+case $(uname -r) in
+6.1.*) default_seed=11 ;;
+*) default_seed=12 ;;
+esac
+SEEDS=${SEED:-$(fleece_stress "$default_seed" "11 12 13 14 15 16 17 18")}
 
 tmp=$(fleece_tmpdir)
 o=$(fleece_loopdev 4M "$tmp/o.img")
