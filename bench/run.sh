@@ -74,7 +74,7 @@ if [ "$QUICK" = 1 ]; then
 	MEM_RAND_MB=8 MEM_RAND_CHUNKS=1024 MEM_MB=8
 	CHUNKS_KB="4" SEQ_CHUNKS_KB="64" W1_MAX_IOS=20000
 	REPS=${BENCH_REPS:-1} MEM_REPS=1 RUNTIME=${BENCH_RUNTIME:-1}
-	MEM_WORKLOADS="passthrough firstwrite firstwrite-seq steady viewread memory"
+	MEM_WORKLOADS="passthrough firstwrite firstwrite-seq steady viewread discard memory"
 	SSD_WORKLOADS="passthrough"
 	# One run of each code path is enough to prove the harness.
 	SKIP_KINDS="firstwrite:lat-qd1 steady:iops-qd32 viewread:idle passthrough:randread-qd32"
@@ -90,7 +90,7 @@ else
 	CHUNKS_KB=${BENCH_CHUNKS_KB:-4 64 1024} SEQ_CHUNKS_KB=${BENCH_SEQ_CHUNKS_KB:-4 64 1024}
 	W1_MAX_IOS=40000
 	REPS=${BENCH_REPS:-3} MEM_REPS=${BENCH_REPS:-3} RUNTIME=${BENCH_RUNTIME:-3}
-	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread release memory}
+	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread release discard memory}
 	SSD_WORKLOADS="passthrough firstwrite steady"
 	SKIP_KINDS="ssd:passthrough:randread-qd32 ssd:passthrough:seqwrite-1m"
 	MEM_SETTLE=2

@@ -105,6 +105,8 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 		bio_list_add(issue, bio);
 	bio_list_merge(fail, &core->reads_on_hold);
 	bio_list_init(&core->reads_on_hold);
+	/* From now on writes pass without taking their range out of them. */
+	__fleece_drop_discards(s, "the snapshot broke");
 	DMERR_LIMIT("%u:%u: snapshot invalidated: %s", MAJOR(core->dev),
 		    MINOR(core->dev), fleece_error_name(error));
 	/* The deferred writes go through as they are now. */
@@ -223,6 +225,10 @@ static void __sort_write(struct fleece_core *core, struct bio *bio,
 		break;
 	case FLEECE_ROUTE_FAIL:
 		bio_list_add(fail, bio);
+		break;
+	case FLEECE_ROUTE_DONE:
+		bio_list_add(&core->discards_done, bio);
+		fleece_kick(core);
 		break;
 	case FLEECE_ROUTE_NEED_COPY:
 		__fleece_hold_write(core, &core->deferred_writes, bio);
@@ -869,7 +875,7 @@ static void process_writes(struct fleece_core *core)
 {
 	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
 	struct fleece_snapshot *spare_snap = NULL, *s;
-	struct bio_list pending = BIO_EMPTY_LIST;
+	struct bio_list pending = BIO_EMPTY_LIST, done;
 	struct fleece_copy_job *spare = NULL;
 	struct fleece_origin_io *io;
 	enum fleece_route route;
@@ -943,6 +949,8 @@ static void process_writes(struct fleece_core *core)
 			bio_list_add(&issue, bio);
 		else if (route == FLEECE_ROUTE_FAIL)
 			bio_list_add(&fail, bio);
+		else if (route == FLEECE_ROUTE_DONE)
+			bio_list_add(&core->discards_done, bio);
 	}
 	/* What was not looked at goes back, in front and in order. */
 	if (!bio_list_empty(&pending)) {
@@ -951,11 +959,16 @@ static void process_writes(struct fleece_core *core)
 		while ((bio = bio_list_pop(&pending)))
 			__fleece_hold_write(core, &core->deferred_writes, bio);
 	}
+	done = core->discards_done;
+	bio_list_init(&core->discards_done);
 	spin_unlock_irq(&core->lock);
 
 	if (spare)
 		mempool_free(spare, &spare_snap->job_pool);
 	fleece_submit_list(&issue, &fail);
+	/* Discards held back or dropped: nothing to do but complete them. */
+	while ((bio = bio_list_pop(&done)))
+		bio_endio(bio);
 }
 
 /*

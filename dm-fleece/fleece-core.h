@@ -14,7 +14,8 @@
  *   fleece_registry_lock (mutex)  -> core->lock (spinlock, irq-safe)
  * core->lock is innermost.  With it held, code only calls into leaf locks
  * of other subsystems: mempool allocations that do not wait (GFP_NOWAIT)
- * and frees, queue_work(), queue_delayed_work() and wake_up().  The
+ * and frees, queue_work(), queue_delayed_work(), wake_up() and
+ * percpu_ref_kill().  The
  * origin's postsuspend waits, with neither lock held, for the view reads
  * of the origin device that are already submitted.
  */
@@ -68,6 +69,17 @@ enum fleece_error {
 	FLEECE_ERR_TIMEOUT,
 	FLEECE_ERR_NOMEM,
 	FLEECE_ERR_DETACHED,	/* the origin table was replaced or removed */
+};
+
+/*
+ * What an origin discard does to a chunk the snapshot still needs (the
+ * discard_policy feature of the fleece target): hold it back until the
+ * snapshot ends (default), copy the chunk first like a write, or drop it.
+ */
+enum fleece_discard_policy {
+	FLEECE_DISCARD_DEFER,
+	FLEECE_DISCARD_COPY,
+	FLEECE_DISCARD_IGNORE,
 };
 
 /* What a failed copy breaks: the view (default) or the guest write. */
@@ -163,9 +175,19 @@ struct fleece_snapshot {
 	u64 chunks_copied;
 	u64 chunks_released;
 	u64 writes_delayed;
+	/*
+	 * Origin discards held back because the snapshot needs the data they
+	 * would destroy (fleece-discard.c): disjoint sector ranges, passed
+	 * down when the snapshot ends.
+	 */
+	struct rb_root discards;	/* struct fleece_discard, by start */
+	unsigned int nr_discards;
+	u64 discard_sectors;		/* in the ranges */
+	u64 discards_dropped;		/* sectors never passed down */
 
 	mempool_t job_pool;
 	mempool_t page_pool;
+	mempool_t discard_pool;
 };
 
 /*
@@ -206,6 +228,7 @@ struct fleece_origin {
 	struct fleece_core *core;
 	struct dm_dev *dev;
 	sector_t chunk_sectors;
+	enum fleece_discard_policy discard_policy;
 	struct list_head core_entry;	/* core->instances, registry lock */
 };
 
@@ -287,13 +310,16 @@ struct fleece_core {
 	 */
 	spinlock_t lock;
 	enum fleece_state state;
-	enum fleece_error error;
+	enum fleece_error error;	/* of this snapshot; none when idle */
+	enum fleece_error last_error;	/* of the snapshot that ended last */
+	enum fleece_discard_policy discard_policy;	/* the live instance's */
 	struct fleece_snapshot *snap;
 	struct bio_list deferred_writes;	/* need the worker */
 	struct bio_list reader_blocked;		/* wait for view reads of origin */
 	struct list_head releases;		/* struct fleece_release */
 	struct list_head finished_jobs;		/* copy I/O completed */
 	struct bio_list reads_on_hold;		/* view reads; !origin_running */
+	struct bio_list discards_done;		/* deferred: the worker ends them */
 	unsigned int writes_waiting;		/* origin writes on any list */
 
 	/*
@@ -398,6 +424,7 @@ enum fleece_route {
 	FLEECE_ROUTE_HELD,	/* on a wait list now: hands off */
 	FLEECE_ROUTE_NEED_COPY,	/* first write to an UNTOUCHED chunk */
 	FLEECE_ROUTE_FAIL,	/* complete it with an I/O error */
+	FLEECE_ROUTE_DONE,	/* a discard held back: complete it, no I/O */
 };
 
 /* fleece-registry.c: finding cores, their lifetime and configuration. */
@@ -438,6 +465,17 @@ void __fleece_hold_write(struct fleece_core *core, struct bio_list *list,
 struct bio *__fleece_pop_write(struct fleece_core *core, struct bio_list *list);
 int fleece_view_map_discard(struct fleece_core *core, struct bio *bio,
 			    struct fleece_view_io *io);
+
+/* fleece-discard.c: origin discards held back while a snapshot runs. */
+int fleece_discards_init(struct fleece_snapshot *s);
+void fleece_discards_exit(struct fleece_snapshot *s);
+void __fleece_defer_discard(struct fleece_snapshot *s, sector_t start,
+			    sector_t end);
+void __fleece_cancel_discards(struct fleece_snapshot *s, sector_t start,
+			      sector_t end);
+void __fleece_drop_discards(struct fleece_snapshot *s, const char *why);
+void __fleece_take_discards(struct fleece_snapshot *s, struct rb_root *taken);
+void fleece_issue_discards(struct fleece_snapshot *s, struct rb_root *taken);
 
 /* fleece-status.c */
 const char *fleece_error_name(enum fleece_error error);

@@ -24,20 +24,60 @@ static int parse_chunk_size(struct dm_arg_set *as, sector_t *chunk_sectors,
 	return 0;
 }
 
+static const char * const discard_policy_names[] = {
+	[FLEECE_DISCARD_DEFER] = DM_FLEECE_DISCARD_DEFER,
+	[FLEECE_DISCARD_COPY] = DM_FLEECE_DISCARD_COPY,
+	[FLEECE_DISCARD_IGNORE] = DM_FLEECE_DISCARD_IGNORE,
+};
+
+static int parse_discard_policy(const char *name,
+				enum fleece_discard_policy *policy)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(discard_policy_names); i++) {
+		if (name && !strcmp(name, discard_policy_names[i])) {
+			*policy = i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
 /*
- * No feature is defined yet; the group is there so that later ones (a
- * metadata device for change tracking) keep the grammar.
+ * Feature arguments:
+ *   discard_policy <defer|copy|ignore>
  */
-static int parse_features(struct dm_arg_set *as, char **error)
+static int parse_features(struct dm_arg_set *as, struct fleece_origin *fo,
+			  char **error)
 {
 	static const struct dm_arg group = {
-		0, 0, "The fleece target takes no feature arguments yet."
+		0, 2, "Invalid number of feature arguments: expected 0 or 2."
 	};
 	unsigned int argc;
+	const char *name;
+	int r;
 
+	fo->discard_policy = FLEECE_DISCARD_DEFER;
 	if (!as->argc)
 		return 0;
-	return dm_read_arg_group(&group, as, &argc, error);
+	r = dm_read_arg_group(&group, as, &argc, error);
+	if (r)
+		return r;
+	while (argc) {
+		name = dm_shift_arg(as);
+		argc--;
+		if (strcasecmp(name, "discard_policy")) {
+			*error = "Unknown feature argument: the one feature is discard_policy.";
+			return -EINVAL;
+		}
+		if (!argc || parse_discard_policy(dm_shift_arg(as), &fo->discard_policy)) {
+			*error = "Invalid discard_policy: it must be defer, copy or ignore.";
+			return -EINVAL;
+		}
+		argc--;
+	}
+	return 0;
 }
 
 /*
@@ -45,6 +85,8 @@ static int parse_features(struct dm_arg_set *as, char **error)
  *
  *   fleece <origin dev> <chunk size> [<#feature args> [<feature arg>]*]
  *
+ * The one feature is "discard_policy defer|copy|ignore" (default defer):
+ * see fleece-discard.c.
  * <chunk size> is in 512-byte sectors, a power of two from 8 to 2048.  The
  * target must start at sector 0 and be the only one of its device
  * (DM_TARGET_SINGLETON: dm refuses any other target in the table).
@@ -74,7 +116,7 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 	r = parse_chunk_size(&as, &fo->chunk_sectors, &ti->error);
 	if (r)
 		goto bad;
-	r = parse_features(&as, &ti->error);
+	r = parse_features(&as, fo, &ti->error);
 	if (r)
 		goto bad;
 	if (as.argc) {
@@ -200,10 +242,14 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %llu", fo->dev->name, (unsigned long long)fo->chunk_sectors);
+		if (fo->discard_policy != FLEECE_DISCARD_DEFER)
+			DMEMIT(" 2 discard_policy %s",
+			       discard_policy_names[fo->discard_policy]);
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
-		DMEMIT(",origin_name=%s", fo->dev->name);
+		DMEMIT(",origin_name=%s,discard_policy=%s", fo->dev->name,
+		       discard_policy_names[fo->discard_policy]);
 		if (sz < maxlen)
 			fleece_emit_status(fo->core, fo->chunk_sectors, type,
 					   result + sz, maxlen - sz);
@@ -221,7 +267,7 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 
 struct target_type fleece_origin_target = {
 	.name = DM_FLEECE_ORIGIN_TARGET,
-	.version = {1, 1, 0},
+	.version = {1, 2, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,

@@ -53,6 +53,7 @@ static struct fleece_core *core_alloc(dev_t dev)
 	bio_list_init(&core->deferred_writes);
 	bio_list_init(&core->reader_blocked);
 	bio_list_init(&core->reads_on_hold);
+	bio_list_init(&core->discards_done);
 	INIT_LIST_HEAD(&core->instances);
 	INIT_LIST_HEAD(&core->releases);
 	INIT_LIST_HEAD(&core->finished_jobs);
@@ -227,6 +228,7 @@ void fleece_core_adopt(struct fleece_origin *fo)
 	WRITE_ONCE(core->chunk_sectors, fo->chunk_sectors);
 	spin_lock_irq(&core->lock);
 	core->origin_running = true;
+	core->discard_policy = fo->discard_policy;
 	if (!bio_list_empty(&core->reads_on_hold))
 		fleece_kick(core);
 	spin_unlock_irq(&core->lock);

@@ -57,10 +57,16 @@ static void trim_to_chunk(struct bio *bio, sector_t chunk_sectors)
  * @bio: the write, trimmed to one chunk.
  * @io: its per-bio data.
  *
+ * A discard of a chunk that the snapshot still needs is held back or
+ * dropped, as the discard_policy says, rather than copied first; any other
+ * write first takes its range out of the held-back discards (see
+ * fleece-discard.c).
+ *
  * Returns FLEECE_ROUTE_HELD with @bio on a job or behind view reads;
  * FLEECE_ROUTE_NEED_COPY when the chunk needs a copy job that only the
  * worker can create; FLEECE_ROUTE_FAIL when a break_write copy of the
- * chunk has failed and is still in flight; FLEECE_ROUTE_ISSUE otherwise.
+ * chunk has failed and is still in flight; FLEECE_ROUTE_DONE for a discard
+ * held back or dropped; FLEECE_ROUTE_ISSUE otherwise.
  */
 enum fleece_route __fleece_route_write(struct fleece_core *core,
 				       struct bio *bio,
@@ -75,6 +81,20 @@ enum fleece_route __fleece_route_write(struct fleece_core *core,
 		return FLEECE_ROUTE_ISSUE;
 
 	chunk = fleece_sector_to_chunk(s, bio->bi_iter.bi_sector);
+	if (bio_op(bio) == REQ_OP_DISCARD) {
+		if (core->discard_policy != FLEECE_DISCARD_COPY &&
+		    test_bit(chunk, s->needs_copy)) {
+			if (core->discard_policy == FLEECE_DISCARD_DEFER)
+				__fleece_defer_discard(s, bio->bi_iter.bi_sector,
+						       bio_end_sector(bio));
+			else
+				s->discards_dropped += bio_sectors(bio);
+			return FLEECE_ROUTE_DONE;
+		}
+	} else if (!RB_EMPTY_ROOT(&s->discards)) {
+		__fleece_cancel_discards(s, bio->bi_iter.bi_sector,
+					 bio_end_sector(bio));
+	}
 	if (test_bit(chunk, s->needs_copy)) {
 		job = __fleece_job_of(s, chunk);
 		if (!job)
@@ -148,6 +168,9 @@ int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 	case FLEECE_ROUTE_FAIL:
 		/* Through bio_endio() so that end_io() drops the reference. */
 		bio_io_error(bio);
+		return DM_MAPIO_SUBMITTED;
+	case FLEECE_ROUTE_DONE:
+		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	default:
 		return DM_MAPIO_SUBMITTED;

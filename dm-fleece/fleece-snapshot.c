@@ -28,6 +28,7 @@ static unsigned int default_max_copies(sector_t chunk_sectors)
 
 static void snapshot_free(struct fleece_snapshot *s)
 {
+	fleece_discards_exit(s);
 	mempool_exit(&s->page_pool);
 	mempool_exit(&s->job_pool);
 	fleece_emap_destroy(&s->map);
@@ -90,6 +91,8 @@ static struct fleece_snapshot *snapshot_alloc(struct fleece_core *core,
 				      s->chunk_pages * sizeof(struct page *)))
 		goto bad;
 	if (mempool_init_page_pool(&s->page_pool, 2 * s->chunk_pages, 0))
+		goto bad;
+	if (fleece_discards_init(s))
 		goto bad;
 	/*
 	 * Not bitmap_set(): its length is an int, and an image may have up to
@@ -173,19 +176,43 @@ int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 	return 0;
 }
 
+/*
+ * Passes the discards held back during the snapshot down to the origin,
+ * once no write can overlap them: every write in flight was routed while
+ * the snapshot was active and took its range out of them, and writes
+ * submitted from now on wait on the dead writes_ref (they go to
+ * deferred_writes, which the worker leaves alone until the resurrection).
+ */
+static void issue_held_discards(struct fleece_core *core,
+				struct fleece_snapshot *s, struct rb_root *taken)
+{
+	wait_event(core->writes_drained, percpu_ref_is_zero(&core->writes_ref));
+	fleece_issue_discards(s, taken);
+	spin_lock_irq(&core->lock);
+	/* A worker run may have seen them while the reference was dead. */
+	core->recheck_deferred = true;
+	spin_unlock_irq(&core->lock);
+	percpu_ref_resurrect(&core->writes_ref);
+	fleece_kick(core);
+}
+
 /**
  * fleece_snapshot_end() - drop the snapshot and everything it holds.
  * @core: the core of the fleece device.
  *
  * Called from the view's destructor, in process context, after dm has
  * drained the view's I/O.  Held origin writes go ahead at once; the copies
- * in flight are waited for and their results thrown away.
+ * in flight are waited for and their results thrown away.  The origin
+ * discards held back go down last, while new writes wait.  The snapshot's
+ * error moves to last_error: an idle origin has no current error.
  */
 void fleece_snapshot_end(struct fleece_core *core)
 {
 	struct bio_list issue = BIO_EMPTY_LIST, fail;
+	struct rb_root discards = RB_ROOT;
 	struct fleece_copy_job *job;
 	struct fleece_snapshot *s;
+	bool held_discards;
 	struct bio *bio;
 
 	spin_lock_irq(&core->lock);
@@ -194,7 +221,19 @@ void fleece_snapshot_end(struct fleece_core *core)
 		spin_unlock_irq(&core->lock);
 		return;
 	}
+	/*
+	 * Killed before the state changes, under the lock: a write that got
+	 * the reference earlier was routed as active, or sees idle and is in
+	 * flight until the drain in issue_held_discards().
+	 */
+	held_discards = core->state == FLEECE_ACTIVE && !RB_EMPTY_ROOT(&s->discards);
+	if (held_discards) {
+		percpu_ref_kill(&core->writes_ref);
+		__fleece_take_discards(s, &discards);
+	}
 	core->state = FLEECE_IDLE;
+	core->last_error = core->error;
+	core->error = FLEECE_ERR_NONE;
 	core->recheck_deferred = true;
 	list_for_each_entry(job, &s->jobs_by_age, age_entry)
 		while ((bio = __fleece_pop_write(core, &job->waiting_writes)))
@@ -222,11 +261,14 @@ void fleece_snapshot_end(struct fleece_core *core)
 	cancel_delayed_work_sync(&core->timeout_work);
 	/* Held exception writes belong to copies in flight: there are none. */
 	WARN_ON_ONCE(!list_empty(&core->buffered_jobs));
+	if (held_discards)
+		issue_held_discards(core, s, &discards);
 
-	DMINFO("%u:%u: snapshot ended: %llu chunks copied, %llu released",
+	DMINFO("%u:%u: snapshot ended: %llu copied, %llu released, %llu discard sectors dropped",
 	       MAJOR(core->dev), MINOR(core->dev),
 	       (unsigned long long)s->chunks_copied,
-	       (unsigned long long)s->chunks_released);
+	       (unsigned long long)s->chunks_released,
+	       (unsigned long long)s->discards_dropped);
 	snapshot_free(s);
 	schedule_work(&core->event_work);
 }

@@ -7,8 +7,9 @@
 
 struct fleece_status {
 	enum fleece_state state;
-	enum fleece_error error;
+	enum fleece_error error, last_error;
 	u32 nr_chunks;
+	u64 discard_sectors, discards_dropped;
 	u64 chunks_copied, chunks_released, writes_delayed;
 	u32 slots_used, nr_slots;
 	unsigned int copies_in_flight, writes_waiting;
@@ -49,6 +50,7 @@ static void fleece_get_status(struct fleece_core *core, struct fleece_status *st
 	spin_lock_irq(&core->lock);
 	st->state = core->state;
 	st->error = core->error;
+	st->last_error = core->last_error;
 	st->writes_waiting = core->writes_waiting;
 	s = core->snap;
 	if (s && core->state != FLEECE_IDLE) {
@@ -59,6 +61,8 @@ static void fleece_get_status(struct fleece_core *core, struct fleece_status *st
 		st->slots_used = s->slots_used;
 		st->nr_slots = s->nr_slots;
 		st->copies_in_flight = s->copies_in_flight;
+		st->discard_sectors = s->discard_sectors;
+		st->discards_dropped = s->discards_dropped;
 	}
 	spin_unlock_irq(&core->lock);
 }
@@ -67,7 +71,10 @@ static void fleece_get_status(struct fleece_core *core, struct fleece_status *st
  * Status INFO, the same for both targets:
  *   <state> <chunk size> <snapshot chunks> <chunks copied> <chunks released>
  *   <slots used>/<slots total> <copies in flight> <writes waiting>
- *   <writes delayed> <error>
+ *   <writes delayed> <error> <discard sectors deferred>
+ *   <discard sectors dropped> <last error>
+ * <error> is the running snapshot's, "none" when idle; <last error> is
+ * that of the snapshot that ended last.
  * Returns the new length of @result.
  */
 unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors,
@@ -79,21 +86,25 @@ unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors
 
 	fleece_get_status(core, &st);
 	if (type == STATUSTYPE_INFO) {
-		DMEMIT("%s %llu %u %llu %llu %u/%u %u %u %llu %s",
+		DMEMIT("%s %llu %u %llu %llu %u/%u %u %u %llu %s %llu %llu %s",
 		       fleece_state_name(st.state),
 		       (unsigned long long)chunk_sectors, st.nr_chunks,
 		       st.chunks_copied, st.chunks_released,
 		       st.slots_used, st.nr_slots, st.copies_in_flight,
 		       st.writes_waiting, st.writes_delayed,
-		       fleece_error_name(st.error));
+		       fleece_error_name(st.error), st.discard_sectors,
+		       st.discards_dropped, fleece_error_name(st.last_error));
 	} else if (type == STATUSTYPE_IMA) {
 		DMEMIT(",state=%s,chunk_size=%llu,snapshot_chunks=%u",
 		       fleece_state_name(st.state),
 		       (unsigned long long)chunk_sectors, st.nr_chunks);
 		DMEMIT(",chunks_copied=%llu,chunks_released=%llu",
 		       st.chunks_copied, st.chunks_released);
-		DMEMIT(",slots_used=%u,slots_total=%u,error=%s;",
+		DMEMIT(",slots_used=%u,slots_total=%u,error=%s",
 		       st.slots_used, st.nr_slots, fleece_error_name(st.error));
+		DMEMIT(",discard_sectors=%llu,discards_dropped=%llu,last_error=%s;",
+		       st.discard_sectors, st.discards_dropped,
+		       fleece_error_name(st.last_error));
 	}
 	return sz;
 }

@@ -336,7 +336,7 @@ static int fleece_view_iterate_devices(struct dm_target *ti,
 
 struct target_type fleece_view_target = {
 	.name = DM_FLEECE_VIEW_TARGET,
-	.version = {1, 1, 0},
+	.version = {1, 2, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = fleece_view_ctr,

@@ -28,8 +28,20 @@
  *   <state> <chunk sectors> <snapshot chunks> <chunks copied>
  *   <chunks released> <slots used>/<slots total> <copies in flight>
  *   <writes waiting> <writes delayed> <error>
+ *   <discard sectors deferred> <discard sectors dropped> <last error>
+ * Versions 1.1 and older had only the first 10; a tool that needs no more
+ * accepts DM_FLEECE_STATUS_FIELDS_V1.
  */
-#define DM_FLEECE_STATUS_FIELDS		10
+#define DM_FLEECE_STATUS_FIELDS		13
+#define DM_FLEECE_STATUS_FIELDS_V1	10
+
+/*
+ * The fleece target's discard_policy feature: what an origin discard does
+ * to a chunk the snapshot still needs.
+ */
+#define DM_FLEECE_DISCARD_DEFER		"defer"		/* the default */
+#define DM_FLEECE_DISCARD_COPY		"copy"
+#define DM_FLEECE_DISCARD_IGNORE	"ignore"
 
 /* The view's message that releases chunks: "release <start> <len>". */
 #define DM_FLEECE_MSG_RELEASE		"release"

@@ -11,7 +11,7 @@ KVER_61_PKGS="linux-image-amd64 linux-headers-amd64"
 BACKPORTS_KERNEL_PKGS="linux-image-6.12*+deb12-amd64 linux-headers-6.12*+deb12-amd64"
 PKGS="build-essential sparse linux-source-6.1 qemu-system-x86 qemu-utils
 busybox-static kmod cpio xz-utils dmsetup libdevmapper-dev nbd-client nbd-server
-libnbd-bin fio dkms e2fsprogs lvm2 util-linux python3 python3-docutils
+libnbd-bin fio dkms e2fsprogs xfsprogs lvm2 util-linux python3 python3-docutils
 gnuplot-nox udev bc openssl procps coreutils perl"
 # checkpatch.pl and the reference sources (drivers/md) come from this tarball.
 LINUX_SOURCE_TAR=/usr/src/linux-source-6.1.tar.xz

@@ -8,7 +8,7 @@
 #   7 program missing, 8 snapshot invalid, 9 read error (released chunk).
 . "$(dirname "$0")/common.bash"
 
-ktap_plan 36
+ktap_plan 38
 dir=$(fleece_tmpdir)
 loop=$(fleece_loopdev 32M) || ktap_bail "no loop device"
 other=$(fleece_loopdev 32M) || ktap_bail "no loop device"
@@ -24,6 +24,9 @@ expect_rc "unknown verb" 2 frobnicate
 expect_rc "snapshot without --exception" 2 snapshot x
 expect_rc "attach with a chunk size that is not a power of two" 2 attach "$loop" --chunk-size 48K
 expect_rc "attach with an invalid name" 2 attach "$loop" --name "a/b"
+expect_rc "attach with an unknown discard policy" 2 attach "$loop" --discard-policy trim
+ktap_result "... the message names the choices" "$([[ $FC_OUT == *"defer, copy or ignore"* ]]; echo $?)" ||
+	ktap_diag "$FC_OUT"
 expect_rc "release of an unaligned range" 2 release x 100 512
 fc attach --help
 ktap_result "attach --help prints usage and exits 0" \

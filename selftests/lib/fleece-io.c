@@ -16,6 +16,7 @@
  *
  *   fleece-io verify-loop --view DEV --ref FILE --seconds N [--readers N]
  *            [--origin DEV --writers N] [--seed N] [--max-write KiB]
+ *            [--discards K]
  *	Readers read random ranges of the view (O_DIRECT, up to --max-write
  *	KiB) for N seconds, or until SIGTERM or SIGINT, and compare every read
  *	that succeeds with FILE; writers, if any, write to the origin as in
@@ -23,7 +24,8 @@
  *	that failed with EIO (eio), that returned other data (wrong), that
  *	failed otherwise (other), and the writes that failed (write_errors);
  *	exits 1 on a wrong or other read or a failed write.  Failed reads are
- *	expected once a snapshot is invalid; wrong data never is.
+ *	expected once a snapshot is invalid; wrong data never is.  K of every
+ *	16 writer ops are discards (default 1; one more is a write-zeroes).
  *
  *   fleece-io fill --dev DEV [--seed N]
  *	Fills DEV with pseudo-random data, fast.
@@ -59,6 +61,7 @@ static unsigned long long dev_bytes;
 static int ref_fd;
 static volatile int stop;
 static int no_zeroes;	/* FLEECE_IO_NO_ZEROES: no BLKZEROOUT */
+static unsigned int discard_share = 1;	/* --discards: of 16 writer ops */
 
 static atomic_ullong reads_checked, blocks_checked, mismatches, read_errors;
 static atomic_ullong writes_done, discards_done, zeroes_done, write_errors;
@@ -145,6 +148,8 @@ static void *writer(void *arg)
 
 		pick_range(&s, max_write, &off, &len);
 		if (kind == 1 && no_zeroes)
+			kind = 0;
+		else if (kind >= 2 && kind < 1 + discard_share)
 			kind = 0;
 		if (kind == 0 || kind == 1) {
 			/* Discard and write-zeroes want whole 4 KiB blocks. */
@@ -457,6 +462,7 @@ int main(int argc, char **argv)
 		{ "progress", required_argument, NULL, 'p' },
 		{ "min", required_argument, NULL, '1' },
 		{ "max", required_argument, NULL, '2' },
+		{ "discards", required_argument, NULL, 'd' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *mode = argc > 1 ? argv[1] : "";
@@ -477,6 +483,7 @@ int main(int argc, char **argv)
 		case 'p': progress_path = optarg; break;
 		case '1': stamp_min = strtoull(optarg, NULL, 0); break;
 		case '2': stamp_max = strtoull(optarg, NULL, 0); break;
+		case 'd': discard_share = strtoul(optarg, NULL, 0); break;
 		default: return 2;
 		}
 	}

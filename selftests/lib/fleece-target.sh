@@ -25,6 +25,9 @@ fleece_field() {
 	waiting) echo "${f[10]}" ;;
 	delayed) echo "${f[11]}" ;;
 	error) echo "${f[12]}" ;;
+	discard_deferred) echo "${f[13]}" ;;
+	discard_dropped) echo "${f[14]}" ;;
+	last_error) echo "${f[15]}" ;;
 	*) echo "fleece_field: unknown field $2" >&2; return 1 ;;
 	esac
 }

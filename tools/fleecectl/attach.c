@@ -38,6 +38,7 @@ int parse_attach_opts(int argc, char **argv, struct attach_opts *o)
 		{ "name", required_argument, NULL, 'n' },
 		{ "chunk-size", required_argument, NULL, 'c' },
 		{ "on-top", no_argument, NULL, 't' },
+		{ "discard-policy", required_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -46,7 +47,7 @@ int parse_attach_opts(int argc, char **argv, struct attach_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->chunk_sectors = CHUNK_DEFAULT_SECTORS;
 	optind = 0;
-	while ((c = getopt_long(argc, argv, "n:c:th", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "n:c:td:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'n':
 			o->name = optarg;
@@ -62,6 +63,12 @@ int parse_attach_opts(int argc, char **argv, struct attach_opts *o)
 		case 't':
 			o->on_top = 1;
 			break;
+		case 'd':
+			if (!valid_discard_policy(optarg))
+				return err(EXIT_USAGE, NULL,
+					   "invalid --discard-policy \"%s\": use defer, copy or ignore", optarg);
+			o->discard_policy = optarg;
+			break;
 		default:
 			return EXIT_USAGE;
 		}
@@ -70,6 +77,16 @@ int parse_attach_opts(int argc, char **argv, struct attach_opts *o)
 		return err(EXIT_USAGE, NULL, "attach needs exactly one DEVICE (see %s attach --help)", g_prog);
 	o->device = argv[optind];
 	return 0;
+}
+
+/* The fleece table's parameters; the default discard policy is not spelled out. */
+static void origin_params(char *buf, size_t size, unsigned maj, unsigned min,
+			  const struct attach_opts *o)
+{
+	int n = snprintf(buf, size, "%u:%u %u", maj, min, o->chunk_sectors);
+
+	if (o->discard_policy && strcmp(o->discard_policy, DM_FLEECE_DISCARD_DEFER))
+		snprintf(buf + n, size - n, " 2 discard_policy %s", o->discard_policy);
 }
 
 static int exists(const char *dm)
@@ -98,7 +115,7 @@ static int attach_in_place(const struct attach_opts *o, const struct dmx_info *d
 {
 	struct dm_table_lines old = { 0 }, new = { 0 };
 	struct dmx_info ri;
-	char name[DMNAME_LEN], real[DMNAME_LEN + 8], uuid[DMNAME_LEN + 32], params[64];
+	char name[DMNAME_LEN], real[DMNAME_LEN + 8], uuid[DMNAME_LEN + 32], params[96];
 	uint64_t size;
 	int r;
 
@@ -159,7 +176,7 @@ static int attach_in_place(const struct attach_opts *o, const struct dmx_info *d
 	vmsg("created %s (%u:%u) with the old table of %s", real, ri.major, ri.minor, dev->name);
 
 	/* 2. the fleece origin table on top of it */
-	snprintf(params, sizeof(params), "%u:%u %u", ri.major, ri.minor, o->chunk_sectors);
+	origin_params(params, sizeof(params), ri.major, ri.minor, o);
 	new.n = 1;
 	new.t[0].start = 0;
 	new.t[0].len = size;
@@ -210,7 +227,7 @@ static int attach_on_top(const struct attach_opts *o, const char *path, const st
 			 const struct dmx_info *dm)
 {
 	struct dm_table_lines t = { 0 };
-	char name[DMNAME_LEN + 16], uuid[DMNAME_LEN + 32], params[64], tmp[PATH_MAX], node[PATH_MAX];
+	char name[DMNAME_LEN + 16], uuid[DMNAME_LEN + 32], params[96], tmp[PATH_MAX], node[PATH_MAX];
 	uint64_t bytes;
 	int fd, r;
 
@@ -246,7 +263,7 @@ static int attach_on_top(const struct attach_opts *o, const char *path, const st
 		return r;
 
 	snprintf(uuid, sizeof(uuid), "%s%s", UUID_ORIGIN, name);
-	snprintf(params, sizeof(params), "%u:%u %u", major(st->st_rdev), minor(st->st_rdev), o->chunk_sectors);
+	origin_params(params, sizeof(params), major(st->st_rdev), minor(st->st_rdev), o);
 	t.n = 1;
 	t.t[0].start = 0;
 	t.t[0].len = bytes / 512;

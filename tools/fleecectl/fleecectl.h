@@ -61,6 +61,8 @@ enum fleece_exit {
 #define EXCEPTION_DEFAULT_PERCENT 25u
 /* An exception store must hold at least this many chunks. */
 #define EXCEPTION_MIN_CHUNKS 16u
+/* The smallest store fleecectl(8) SIZING advises, in % of the origin. */
+#define EXCEPTION_ADVISED_PERCENT 10u
 
 /* ---- globals set by main.c ---- */
 extern int g_verbose;
@@ -143,7 +145,11 @@ struct fleece_status {
 	uint64_t copies_in_flight;
 	uint64_t writes_waiting;
 	uint64_t writes_delayed;
-	char error[32];
+	char error[32];			/* of the running snapshot */
+	/* Module 1.2 and later; zero and "none" from older modules. */
+	uint64_t discard_sectors;	/* origin discards held back */
+	uint64_t discards_dropped;	/* ... and dropped (sectors) */
+	char last_error[32];		/* of the snapshot that ended last */
 };
 
 /* Parse the INFO params (after "<start> <len> <target>"); 0 or -1. */
@@ -153,7 +159,9 @@ const char *state_name(enum fleece_state s);
 struct origin_table {
 	unsigned major, minor;		/* the device under the origin */
 	unsigned chunk_sectors;
+	char discard_policy[8];		/* defer (default), copy or ignore */
 };
+int valid_discard_policy(const char *s);
 int parse_origin_table(const char *params, struct origin_table *t);
 
 enum cbw_error { CBW_BREAK_SNAPSHOT = 0, CBW_BREAK_WRITE };
@@ -267,6 +275,7 @@ struct fleece_set {
 	unsigned backing_major, backing_minor;	/* device under the fleece target */
 	uint64_t size_sectors;
 	unsigned chunk_sectors;
+	char discard_policy[8];		/* the origin table's discard_policy */
 	char view[DMNAME_LEN + 16];
 	unsigned view_major, view_minor;
 	int have_view;
@@ -306,6 +315,7 @@ struct attach_opts {
 	const char *device;
 	const char *name;
 	unsigned chunk_sectors;
+	const char *discard_policy;	/* NULL: the kernel's default */
 	int on_top;
 };
 int parse_attach_opts(int argc, char **argv, struct attach_opts *o);

@@ -25,6 +25,7 @@ struct verb {
 static const struct verb verbs[] = {
 	{ "attach", cmd_attach, "put the fleece origin on a device's I/O path",
 	  "attach DEVICE [--name NAME] [--chunk-size SIZE] [--on-top]\n"
+	  "       [--discard-policy defer|copy|ignore]\n"
 	  "\n"
 	  "A device-mapper device with a linear/striped table (an LVM logical volume)\n"
 	  "is attached in place: its table moves to NAME-real and the device itself\n"
@@ -34,7 +35,11 @@ static const struct verb verbs[] = {
 	  "  -n, --name NAME        fleece name (default: the dm name in place, the\n"
 	  "                         device's base name on top)\n"
 	  "  -c, --chunk-size SIZE  copy unit, a power of two from 4K to 1M (default 64K)\n"
-	  "  -t, --on-top           create /dev/mapper/NAME on top even for a dm device\n" },
+	  "  -t, --on-top           create /dev/mapper/NAME on top even for a dm device\n"
+	  "  -d, --discard-policy P what a discard of the device does to a chunk a\n"
+	  "                         snapshot still needs: defer it to the snapshot's end\n"
+	  "                         (default; costs no exception space), copy the chunk\n"
+	  "                         first, or ignore the discard\n" },
 	{ "detach", cmd_detach, "take the fleece origin off the I/O path",
 	  "detach NAME [--force]\n"
 	  "\n"

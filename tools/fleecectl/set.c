@@ -125,6 +125,7 @@ int set_refresh(struct fleece_set *s)
 			s->backing_major = ot.major;
 			s->backing_minor = ot.minor;
 			s->chunk_sectors = ot.chunk_sectors;
+			strcpy(s->discard_policy, ot.discard_policy);
 			s->size_sectors = size;
 		}
 		if (!dmx_table(s->origin, 1, &tbl)) {

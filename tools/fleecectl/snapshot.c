@@ -269,7 +269,11 @@ static int check_idle(const struct fleece_set *s)
 	return 0;
 }
 
-/* The store must hold EXCEPTION_MIN_CHUNKS chunks; warn under 5% of the origin. */
+/*
+ * The store must hold EXCEPTION_MIN_CHUNKS chunks.  Warn under the size
+ * fleecectl(8) SIZING advises: EXCEPTION_ADVISED_PERCENT of the origin, and
+ * with discard_policy copy, an fstrim may copy every free chunk as well.
+ */
 static int check_exception_size(const struct snapshot_opts *o, const struct fleece_set *s,
 				const struct exception *e, uint64_t *slots)
 {
@@ -285,11 +289,16 @@ static int check_exception_size(const struct snapshot_opts *o, const struct flee
 		     EXCEPTION_DEFAULT_PERCENT);
 		return EXIT_NOSPACE;
 	}
-	if (*slots * 20 < s->size_sectors / s->chunk_sectors)
-		warn_msg(o->exception, "holds only %" PRIu64 " of %" PRIu64 " chunks (under 5%%): if more than that"
-			 " changes before the backup ends, the snapshot %s", *slots,
-			 s->size_sectors / s->chunk_sectors,
+	if (*slots * 100 < s->size_sectors / s->chunk_sectors * EXCEPTION_ADVISED_PERCENT) {
+		warn_msg(o->exception, "holds only %" PRIu64 " of %" PRIu64 " chunks (under the advised %u%%):"
+			 " if more than that changes before the backup ends, the snapshot %s", *slots,
+			 s->size_sectors / s->chunk_sectors, EXCEPTION_ADVISED_PERCENT,
 			 o->vt.cbw_error == CBW_BREAK_WRITE ? "stays but writes fail" : "becomes invalid");
+		hint("see SIZING in fleecectl(8); --size sets the size of a new file");
+	}
+	if (!strcmp(s->discard_policy, DM_FLEECE_DISCARD_COPY))
+		warn_msg(s->name, "has discard_policy copy: an fstrim during the backup copies every free chunk"
+			 " and can fill the store; attach with --discard-policy defer to avoid that");
 	return 0;
 }
 

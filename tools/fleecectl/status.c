@@ -69,13 +69,25 @@ const char *state_name(enum fleece_state s)
 	}
 }
 
+/* An error name of the status: lower case and '_'; 0 or -1. */
+static int copy_error_word(const char *word, char *dst, size_t size)
+{
+	if (strlen(word) >= size)
+		return -1;
+	for (const char *p = word; *p; p++)
+		if (!(*p >= 'a' && *p <= 'z') && *p != '_')
+			return -1;
+	strcpy(dst, word);
+	return 0;
+}
+
 int parse_status_info(const char *params, struct fleece_status *st)
 {
 	char buf[1024], *w[MAX_WORDS], *slash;
 	int n = split(params, buf, sizeof(buf), w, MAX_WORDS);
 
 	memset(st, 0, sizeof(*st));
-	if (n < DM_FLEECE_STATUS_FIELDS)
+	if (n < DM_FLEECE_STATUS_FIELDS_V1)
 		return -1;
 	if (!strcmp(w[0], "idle"))
 		st->state = ST_IDLE;
@@ -99,13 +111,22 @@ int parse_status_info(const char *params, struct fleece_status *st)
 	    word_u64(w[7], &st->writes_waiting) ||
 	    word_u64(w[8], &st->writes_delayed))
 		return -1;
-	if (strlen(w[9]) >= sizeof(st->error))
+	if (copy_error_word(w[9], st->error, sizeof(st->error)))
 		return -1;
-	for (const char *p = w[9]; *p; p++)
-		if (!(*p >= 'a' && *p <= 'z') && *p != '_')
-			return -1;
-	strcpy(st->error, w[9]);
+	strcpy(st->last_error, "none");
+	if (n < DM_FLEECE_STATUS_FIELDS)
+		return 0;
+	if (word_u64(w[10], &st->discard_sectors) ||
+	    word_u64(w[11], &st->discards_dropped) ||
+	    copy_error_word(w[12], st->last_error, sizeof(st->last_error)))
+		return -1;
 	return 0;
+}
+
+int valid_discard_policy(const char *s)
+{
+	return !strcmp(s, DM_FLEECE_DISCARD_DEFER) || !strcmp(s, DM_FLEECE_DISCARD_COPY) ||
+	       !strcmp(s, DM_FLEECE_DISCARD_IGNORE);
 }
 
 int parse_devno(const char *s, unsigned *major, unsigned *minor)
@@ -133,6 +154,7 @@ int parse_origin_table(const char *params, struct origin_table *t)
 	unsigned nf;
 
 	memset(t, 0, sizeof(*t));
+	strcpy(t->discard_policy, DM_FLEECE_DISCARD_DEFER);
 	if (n < 2)
 		return -1;
 	if (parse_devno(w[0], &t->major, &t->minor) || word_uint(w[1], &t->chunk_sectors))
@@ -141,6 +163,10 @@ int parse_origin_table(const char *params, struct origin_table *t)
 		return 0;
 	if (word_uint(w[2], &nf) || (int)nf != n - 3)
 		return -1;
+	for (int i = 3; i + 1 < n; i += 2) {
+		if (!strcmp(w[i], "discard_policy") && valid_discard_policy(w[i + 1]))
+			strcpy(t->discard_policy, w[i + 1]);
+	}
 	return 0;
 }
 

@@ -9,7 +9,9 @@
  *               "backing", "size_bytes", "chunk_bytes", "state", "error",
  *               "view", "snapshot_chunks", "chunks_copied",
  *               "chunks_released", "copies_in_flight", "writes_waiting",
- *               "writes_delayed", "cbw_error", "cbw_timeout_ms",
+ *               "writes_delayed", "last_error", "discard_policy",
+ *               "discard_bytes_deferred", "discard_bytes_dropped",
+ *               "cbw_error", "cbw_timeout_ms",
  *               "exception": null | { "device", "file", "created",
  *                   "slots_used", "slots_total", "slots_free",
  *                   "used_bytes", "total_bytes", "free_bytes",
@@ -104,6 +106,10 @@ void set_print_json(struct json *j, const struct fleece_set *s)
 	json_u64(j, "chunk_bytes", cb);
 	json_string(j, "state", s->have_status ? state_name(st->state) : "unknown");
 	json_string(j, "error", s->have_status ? st->error : NULL);
+	json_string(j, "last_error", s->have_status ? st->last_error : NULL);
+	json_string(j, "discard_policy", s->have_origin ? s->discard_policy : NULL);
+	json_u64(j, "discard_bytes_deferred", st->discard_sectors * 512);
+	json_u64(j, "discard_bytes_dropped", st->discards_dropped * 512);
 	snprintf(buf, sizeof(buf), "%s/%s", dm_dir(), s->view);
 	json_string(j, "view", s->have_view ? buf : NULL);
 	json_u64(j, "snapshot_chunks", st->snapshot_chunks);
@@ -168,9 +174,13 @@ void set_print_plain(FILE *f, const struct fleece_set *s)
 	else if (s->have_origin)
 		fprintf(f, "  device:      %u:%u\n", s->backing_major, s->backing_minor);
 	fprintf(f, "  chunk size:  %s\n", fmt_size(a, sizeof(a), cb));
+	if (s->have_origin)
+		fprintf(f, "  discards:    %s while a snapshot needs the data\n", s->discard_policy);
 	fprintf(f, "  state:       %s%s%s\n", s->have_status ? state_name(st->state) : "unknown",
 		s->have_status && strcmp(st->error, "none") ? ", error: " : "",
 		s->have_status && strcmp(st->error, "none") ? st->error : "");
+	if (s->have_status && st->state == ST_IDLE && strcmp(st->last_error, "none"))
+		fprintf(f, "  last error:  %s (of the snapshot that ended last)\n", st->last_error);
 	if (!s->have_view) {
 		fprintf(f, "  snapshot:    none\n");
 	} else {
@@ -194,6 +204,9 @@ void set_print_plain(FILE *f, const struct fleece_set *s)
 			fprintf(f, ", copy timeout %" PRIu64 " ms\n", s->vt.cbw_timeout_ms);
 		fprintf(f, "  writes:      %" PRIu64 " waiting, %" PRIu64 " delayed so far; %" PRIu64
 			" copies in flight\n", st->writes_waiting, st->writes_delayed, st->copies_in_flight);
+		fprintf(f, "  discards:    %s held back until the end, %s dropped\n",
+			fmt_size(a, sizeof(a), st->discard_sectors * 512),
+			fmt_size(b, sizeof(b), st->discards_dropped * 512));
 	}
 	if (x.have_exp)
 		fprintf(f, "  export:      %s (%s, pid %s%s)\n", kv_get(&x.exp, "uri") ?: "?",

@@ -186,8 +186,19 @@ static void test_status_lines(void)
 	   !strcmp(st.error, "exception_io"), "status: error exception_io");
 	ok(parse_status_info("  active\t128 1 2 3 4/5 6 7 8 timeout\n", &st) == 0 && st.writes_delayed == 8,
 	   "status: extra blanks, tabs and newline are fine");
-	ok(parse_status_info("active 128 1 2 3 4/5 6 7 8 none newfield 42", &st) == 0 &&
+	ok(parse_status_info("active 128 1 2 3 4/5 6 7 8 none", &st) == 0 && st.discard_sectors == 0 &&
+	   st.discards_dropped == 0 && !strcmp(st.last_error, "none"),
+	   "status: a 1.1 module's 10 fields parse, with no discards and no last error");
+	ok(parse_status_info("active 128 16384 812 40 772/8192 3 5 1204 none 18432 16 full", &st) == 0 &&
+	   st.writes_delayed == 1204 && st.discard_sectors == 18432 && st.discards_dropped == 16 &&
+	   !strcmp(st.error, "none") && !strcmp(st.last_error, "full"),
+	   "status: the 1.2 fields (discards deferred, dropped, last error) parse");
+	ok(parse_status_info("active 128 1 2 3 4/5 6 7 8 none 0 0 none newfield 42", &st) == 0 &&
 	   st.writes_delayed == 8, "status: trailing fields of a newer kernel are ignored");
+	ok(parse_status_info("active 128 1 2 3 4/5 6 7 8 none x 0 none", &st) != 0,
+	   "status: a non-numeric discard count is refused");
+	ok(parse_status_info("active 128 1 2 3 4/5 6 7 8 none 0 0 Bad-Word", &st) != 0,
+	   "status: an odd last error word is refused");
 	ok(parse_status_info("active 128 18446744073709551615 0 0 0/18446744073709551615 0 0 0 none", &st) == 0 &&
 	   st.snapshot_chunks == UINT64_MAX, "status: full 64-bit counters");
 	ok(parse_status_info("active 128 18446744073709551616 0 0 0/1 0 0 0 none", &st) != 0,
@@ -211,6 +222,12 @@ static void test_status_lines(void)
 	ok(parse_origin_table("7:0 8 0", &ot) == 0 && ot.major == 7 && ot.chunk_sectors == 8,
 	   "origin table with 0 features");
 	ok(parse_origin_table("253:3 128 1", &ot) != 0, "origin table: feature count mismatch is refused");
+	ok(parse_origin_table("253:3 128", &ot) == 0 && !strcmp(ot.discard_policy, "defer"),
+	   "origin table: the discard policy defaults to defer");
+	ok(parse_origin_table("253:3 128 2 discard_policy copy", &ot) == 0 && !strcmp(ot.discard_policy, "copy"),
+	   "origin table: discard_policy copy");
+	ok(parse_origin_table("253:3 128 2 discard_policy ignore", &ot) == 0 &&
+	   !strcmp(ot.discard_policy, "ignore"), "origin table: discard_policy ignore");
 	ok(parse_origin_table("/dev/sda 128", &ot) != 0, "origin table: a path instead of major:minor is refused");
 	ok(parse_origin_table("253:3", &ot) != 0, "origin table: missing chunk size is refused");
 
