@@ -154,6 +154,16 @@ void set_print_json(struct json *j, const struct fleece_set *s)
 	json_end_object(j);
 }
 
+/* What the origin does with a discard of a chunk a snapshot needs. */
+static const char *discard_policy_words(const char *policy)
+{
+	if (!strcmp(policy, DM_FLEECE_DISCARD_COPY))
+		return "copy (the chunk is copied first, like a write)";
+	if (!strcmp(policy, DM_FLEECE_DISCARD_IGNORE))
+		return "ignore (dropped while a snapshot needs the chunk)";
+	return "defer (held back while a snapshot needs the chunk; no copy)";
+}
+
 void set_print_plain(FILE *f, const struct fleece_set *s)
 {
 	struct extra x;
@@ -175,7 +185,7 @@ void set_print_plain(FILE *f, const struct fleece_set *s)
 		fprintf(f, "  device:      %u:%u\n", s->backing_major, s->backing_minor);
 	fprintf(f, "  chunk size:  %s\n", fmt_size(a, sizeof(a), cb));
 	if (s->have_origin)
-		fprintf(f, "  discards:    %s while a snapshot needs the data\n", s->discard_policy);
+		fprintf(f, "  on discard:  %s\n", discard_policy_words(s->discard_policy));
 	fprintf(f, "  state:       %s%s%s\n", s->have_status ? state_name(st->state) : "unknown",
 		s->have_status && strcmp(st->error, "none") ? ", error: " : "",
 		s->have_status && strcmp(st->error, "none") ? st->error : "");
