@@ -444,24 +444,25 @@ $tail $SECTORS linear $ORIG 0" ||
 	teardown
 }
 
-# Workload 8: a discard of the first REGION_MB MiB during a snapshot, as an
-# fstrim of an empty file system sends it (1 MiB trims).  fleece with its
+# Workload 8: a discard of the whole device during a snapshot, as an fstrim
+# of an empty file system sends it (1 MiB trims).  fleece with its
 # default discard_policy (defer) and with copy; linear for the time alone.
 # The status after the run gives the exception slots it cost.  dm-snapshot's
 # snapshot-origin takes no discards at all: that is recorded, not run.
 # Discards free null_blk's backing pages, so they are allocated again last.
 w_discard() {
-	local ckb=$((DEFAULT_CHUNK / 2)) c disk
+	local ckb=$((DEFAULT_CHUNK / 2)) c sys
 	for c in $(rotate "$REP" linear snapN fleece fleececopy); do
 		setup_or_log "$c" "$DEFAULT_CHUNK" || continue
-		disk=$(basename "$(readlink -f "$WDEV")")
-		if [ "$(cat "/sys/block/$disk/queue/discard_max_bytes" 2>/dev/null || echo 0)" = 0 ]; then
+		# The node may be a plain node (mknodes), not a link: go by number.
+		sys=/sys/dev/block/$(printf '%d:%d' "0x$(stat -c %t "$WDEV")" "0x$(stat -c %T "$WDEV")")
+		if [ "$(cat "$sys/queue/discard_max_bytes" 2>/dev/null || echo 0)" = 0 ]; then
 			echo "$MODE $c" >>"$out/discard-unsupported"
 			log "$c: the device takes no discards ($WDEV)"
 			continue
 		fi
 		runfio discard "$ckb" trim-1m --name=trim --filename="$WDEV" --rw=trim \
-			--bs=1M --ioengine=psync --size="${REGION_MB}M"
+			--bs=1M --ioengine=psync
 	done
 	teardown
 	dd if=/dev/zero of="$ORIG" bs=1M oflag=direct status=none 2>/dev/null

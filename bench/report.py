@@ -272,7 +272,7 @@ MEASURES = [
     ("release-busy-p99", "release", "lat-qd1-releasing", "p99_us",
      "first write 4K rand QD1 p99, whole-device release running", "us", "lower"),
     ("discard-bw", "discard", "trim-1m", "trim_mbs",
-     "discard of the region during a snapshot, 1M trims", "MB/s", "higher"),
+     "discard of the whole device during a snapshot, 1M trims", "MB/s", "higher"),
     ("discard-slots", "discard", "trim-1m", "slots_used",
      "exception slots that discard cost", "slots", "lower"),
 ]
@@ -489,6 +489,13 @@ def chunk_label(ckb):
 
 
 def markdown(env, meta, table, moved, mem, tg, runs):
+    def discard_unsupported(mode):
+        try:
+            with open(os.path.join(meta.get("out", ""), "discard-unsupported")) as f:
+                return any(l.split()[:2] == [mode, "snapN"] for l in f)
+        except OSError:
+            return False
+
     L = []
     quick = env.get("QUICK") == "1"
     L.append("# dm-fleece benchmark: %s" % env.get("kver", "?"))
@@ -530,6 +537,9 @@ def markdown(env, meta, table, moved, mem, tg, runs):
         elif t.get("unit") == "bytes":
             val = "%.1f B (%.1f–%.1f), %s chunks" % (t["value"], t["min"], t["max"],
                                                      chunk_label(t["chunk_kb"]))
+        elif t.get("unit") == "slots":
+            val = "%d slots (%d–%d), %s chunks" % (t["value"], t["min"], t["max"],
+                                                  chunk_label(t["chunk_kb"]))
         else:
             val = "%.2fx %s (%.2f–%.2f), %s chunks" % (
                 t["value"], t["ratio"].replace("fleece", "dm-fleece")
@@ -560,6 +570,23 @@ def markdown(env, meta, table, moved, mem, tg, runs):
                 fmt_ratio(e["ratios"].get("fleece/snapN")),
                 fmt_ratio(e["ratios"].get("fleece/snapP"))))
         L.append("")
+        copy_rows = [e for e in rows if "fleececopy" in e["contenders"]]
+        if copy_rows:
+            L.append("Origin discards during a snapshot: dm-snapshot's snapshot-origin "
+                     "takes none at all%s; dm-fleece holds them back (discard_policy "
+                     "defer) or copies first (copy):" % (
+                         " (it refused them in this run)" if discard_unsupported(mode)
+                         else ""))
+            L.append("")
+            L.append("| measure | chunk | defer | copy | defer ÷ copy |")
+            L.append("|---|---|---|---|---|")
+            for e in copy_rows:
+                c = e["contenders"]
+                L.append("| %s | %s | %s | %s | %s |" % (
+                    e["label"], chunk_label(e["chunk_kb"]), fmt_sum(c.get("fleece"), e["unit"]),
+                    fmt_sum(c.get("fleececopy"), e["unit"]),
+                    fmt_ratio(e["ratios"].get("fleece/fleececopy"))))
+            L.append("")
         snap_rows = [e for e in rows if "snapN/linear" in e["ratios"]]
         if snap_rows:
             L.append("dm-snapshot against dm-linear, for scale:")
@@ -798,7 +825,7 @@ def main():
         for verdict, desc in checks(out, env, runs, mem_rows):
             print("%s\t%s" % (verdict, desc))
         return
-    meta = {}
+    meta = {"out": out}
     try:
         with open(os.path.join(out, "env.txt")) as f:
             meta["env"] = f.read().splitlines()

@@ -30,9 +30,9 @@
 #                  writer under workload 5's loaded read (100/s)
 #   BENCH_CHUNKS_KB, BENCH_SEQ_CHUNKS_KB: chunk sizes (KiB) of workloads 1
 #                  and 3 ("4 64 1024"); "4" alone covers every target
-#   BENCH_WORKLOADS  the full run's mem-mode workloads (default: all of
-#                  "passthrough firstwrite firstwrite-seq steady viewread
-#                  release memory")
+#   BENCH_WORKLOADS  the mem-mode workloads (default: all of "passthrough
+#                  firstwrite firstwrite-seq steady viewread release discard
+#                  memory"; QUICK=1 leaves out release)
 #   VM_MEM, VM_SMP, VM_TIMEOUT  passed to tools/vm/boot.sh
 set -uo pipefail
 
@@ -74,7 +74,7 @@ if [ "$QUICK" = 1 ]; then
 	MEM_RAND_MB=8 MEM_RAND_CHUNKS=1024 MEM_MB=8
 	CHUNKS_KB="4" SEQ_CHUNKS_KB="64" W1_MAX_IOS=20000
 	REPS=${BENCH_REPS:-1} MEM_REPS=1 RUNTIME=${BENCH_RUNTIME:-1}
-	MEM_WORKLOADS="passthrough firstwrite firstwrite-seq steady viewread discard memory"
+	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread discard memory}
 	SSD_WORKLOADS="passthrough"
 	# One run of each code path is enough to prove the harness.
 	SKIP_KINDS="firstwrite:lat-qd1 steady:iops-qd32 viewread:idle passthrough:randread-qd32"
