@@ -8,7 +8,7 @@
 #   7 program missing, 8 snapshot invalid, 9 read error (released chunk).
 . "$(dirname "$0")/common.bash"
 
-ktap_plan 38
+ktap_plan 39
 dir=$(fleece_tmpdir)
 loop=$(fleece_loopdev 32M) || ktap_bail "no loop device"
 other=$(fleece_loopdev 32M) || ktap_bail "no loop device"
@@ -77,6 +77,9 @@ fc release errt 0 1M
 expect_rc "backup that reads a released chunk" 9 backup errt --to "$dir/rel.img"
 fc end errt
 fc snapshot errt --exception "$dir/full.cow" --size 1M
+ktap_result "a store of 3% of the origin: snapshot warns it is under the advised 10% and points to SIZING" \
+	"$([ $FC_RC -eq 0 ] && [[ $FC_OUT == *"under the advised 10%"* && $FC_OUT == *SIZING* ]]; echo $?)" ||
+	ktap_diag "$FC_OUT"
 dd if=/dev/urandom of=/dev/mapper/errt bs=1M count=4 oflag=direct status=none
 expect_rc "backup of a snapshot that overflowed" 8 backup errt --to "$dir/inv.img"
 
