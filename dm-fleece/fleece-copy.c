@@ -92,7 +92,7 @@ void __fleece_invalidate(struct fleece_core *core, enum fleece_error error,
 	lockdep_assert_held(&core->lock);
 	if (core->state != FLEECE_ACTIVE)
 		return;
-	core->state = FLEECE_INVALID;
+	WRITE_ONCE(core->state, FLEECE_INVALID);
 	core->error = error;
 	list_for_each_entry(job, &s->jobs_by_age, age_entry) {
 		__mark_failed(s, job);
@@ -193,7 +193,7 @@ static void __free_slot(struct fleece_snapshot *s, u32 slot)
  */
 static u32 __alloc_slot(struct fleece_snapshot *s)
 {
-	unsigned long nr_words = BITS_TO_LONGS(s->nr_slots);
+	unsigned long nr_words = BITS_TO_LONGS((u64)s->nr_slots);
 	unsigned long word, slot;
 
 	lockdep_assert_held(&s->core->lock);

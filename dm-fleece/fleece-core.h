@@ -309,6 +309,7 @@ struct fleece_core {
 	 * completion, so always with interrupts disabled.
 	 */
 	spinlock_t lock;
+	/* Written with WRITE_ONCE(): map() and end_io() peek without the lock. */
 	enum fleece_state state;
 	enum fleece_error error;	/* of this snapshot; none when idle */
 	enum fleece_error last_error;	/* of the snapshot that ended last */

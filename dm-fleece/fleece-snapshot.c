@@ -69,10 +69,11 @@ static struct fleece_snapshot *snapshot_alloc(struct fleece_core *core,
 	INIT_LIST_HEAD(&s->jobs_by_age);
 	INIT_LIST_HEAD(&s->jobs_to_start);
 
-	bitmap_bytes = BITS_TO_LONGS(s->nr_chunks) * sizeof(unsigned long);
+	/* u64: near 2^32 bits, + BITS_PER_LONG - 1 wraps a 32-bit size_t. */
+	bitmap_bytes = BITS_TO_LONGS((u64)s->nr_chunks) * sizeof(unsigned long);
 	s->needs_copy = kvzalloc(bitmap_bytes, GFP_KERNEL);
 	s->released = kvzalloc(bitmap_bytes, GFP_KERNEL);
-	bitmap_bytes = BITS_TO_LONGS(s->nr_slots) * sizeof(unsigned long);
+	bitmap_bytes = BITS_TO_LONGS((u64)s->nr_slots) * sizeof(unsigned long);
 	s->slot_used = kvzalloc(bitmap_bytes, GFP_KERNEL);
 	s->slot_words_full = kvcalloc(BITS_TO_LONGS(BITS_TO_LONGS(s->nr_slots)),
 				      sizeof(unsigned long), GFP_KERNEL);
@@ -152,10 +153,10 @@ int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 	core->recheck_deferred = true;
 	if (core->origin_ti) {
 		core->error = FLEECE_ERR_NONE;
-		core->state = FLEECE_ACTIVE;
+		WRITE_ONCE(core->state, FLEECE_ACTIVE);
 	} else {
 		core->error = FLEECE_ERR_DETACHED;
-		core->state = FLEECE_INVALID;
+		WRITE_ONCE(core->state, FLEECE_INVALID);
 	}
 	spin_unlock_irq(&core->lock);
 	mutex_unlock(&fleece_registry_lock);
@@ -231,7 +232,7 @@ void fleece_snapshot_end(struct fleece_core *core)
 		percpu_ref_kill(&core->writes_ref);
 		__fleece_take_discards(s, &discards);
 	}
-	core->state = FLEECE_IDLE;
+	WRITE_ONCE(core->state, FLEECE_IDLE);
 	core->last_error = core->error;
 	core->error = FLEECE_ERR_NONE;
 	core->recheck_deferred = true;
