@@ -51,10 +51,72 @@ static void trim_to_chunk(struct bio *bio, sector_t chunk_sectors)
 		dm_accept_partial_bio(bio, chunk_sectors - offset);
 }
 
+/*
+ * Trims @bio, in map() with core->lock held, to what one routing decision
+ * covers: one chunk, or for a discard that the discard_policy may hold
+ * back, a run of chunks inside the image that all need a copy or all do
+ * not.  So an fstrim costs one decision per run, not one per chunk.
+ */
+static void __trim_for_route(struct fleece_core *core, struct bio *bio)
+{
+	struct fleece_snapshot *s = core->snap;
+	sector_t start = bio->bi_iter.bi_sector, end;
+	unsigned long first, last, stop;
+
+	lockdep_assert_held(&core->lock);
+	if (bio_op(bio) != REQ_OP_DISCARD ||
+	    core->discard_policy == FLEECE_DISCARD_COPY) {
+		trim_to_chunk(bio, (sector_t)1 << s->chunk_shift);
+		return;
+	}
+	if (start >= s->nr_sectors)
+		return;		/* past the image: nothing to decide */
+	end = min_t(sector_t, bio_end_sector(bio), s->nr_sectors);
+	first = fleece_sector_to_chunk(s, start);
+	last = fleece_sector_to_chunk(s, end - 1);
+	if (test_bit(first, s->needs_copy))
+		stop = find_next_zero_bit(s->needs_copy, last + 1, first);
+	else
+		stop = find_next_bit(s->needs_copy, last + 1, first);
+	end = min_t(sector_t, end, fleece_chunk_to_sector(s, stop));
+	if (end < bio_end_sector(bio))
+		dm_accept_partial_bio(bio, end - start);
+}
+
+/*
+ * Routes a discard that the discard_policy may hold back (core->lock held):
+ * if any chunk it covers still needs a copy, it is held back or dropped,
+ * which is always safe; otherwise it goes down once no view read of its
+ * chunks is reading the origin.
+ */
+static enum fleece_route __route_discard(struct fleece_core *core,
+					 struct bio *bio, u32 chunk)
+{
+	struct fleece_snapshot *s = core->snap;
+	unsigned long last;
+
+	lockdep_assert_held(&core->lock);
+	last = min_t(u64, fleece_sector_to_chunk(s, bio_end_sector(bio) - 1),
+		     s->nr_chunks - 1);
+	if (find_next_bit(s->needs_copy, last + 1, chunk) <= last) {
+		if (core->discard_policy == FLEECE_DISCARD_DEFER)
+			__fleece_defer_discard(s, bio->bi_iter.bi_sector,
+					       bio_end_sector(bio));
+		else
+			s->discards_dropped += bio_sectors(bio);
+		return FLEECE_ROUTE_DONE;
+	}
+	if (fleece_range_iter_first(&s->readers, chunk, last)) {
+		__fleece_hold_write(core, &core->reader_blocked, bio);
+		return FLEECE_ROUTE_HELD;
+	}
+	return FLEECE_ROUTE_ISSUE;
+}
+
 /**
  * __fleece_route_write() - decide what an origin write does now.
  * @core: the core; caller holds core->lock.
- * @bio: the write, trimmed to one chunk.
+ * @bio: the write, trimmed to one chunk (a discard: see __trim_for_route()).
  * @io: its per-bio data.
  *
  * A discard of a chunk that the snapshot still needs is held back or
@@ -82,15 +144,8 @@ enum fleece_route __fleece_route_write(struct fleece_core *core,
 
 	chunk = fleece_sector_to_chunk(s, bio->bi_iter.bi_sector);
 	if (bio_op(bio) == REQ_OP_DISCARD) {
-		if (core->discard_policy != FLEECE_DISCARD_COPY &&
-		    test_bit(chunk, s->needs_copy)) {
-			if (core->discard_policy == FLEECE_DISCARD_DEFER)
-				__fleece_defer_discard(s, bio->bi_iter.bi_sector,
-						       bio_end_sector(bio));
-			else
-				s->discards_dropped += bio_sectors(bio);
-			return FLEECE_ROUTE_DONE;
-		}
+		if (core->discard_policy != FLEECE_DISCARD_COPY)
+			return __route_discard(core, bio, chunk);
 	} else if (!RB_EMPTY_ROOT(&s->discards)) {
 		__fleece_cancel_discards(s, bio->bi_iter.bi_sector,
 					 bio_end_sector(bio));
@@ -151,7 +206,7 @@ int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 
 	spin_lock_irqsave(&core->lock, flags);
 	if (core->state == FLEECE_ACTIVE)
-		trim_to_chunk(bio, (sector_t)1 << core->snap->chunk_shift);
+		__trim_for_route(core, bio);
 	route = __fleece_route_write(core, bio, io);
 	if (route == FLEECE_ROUTE_NEED_COPY) {
 		__fleece_hold_write(core, &core->deferred_writes, bio);
