@@ -105,7 +105,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
 		other=$((other + 1))
 	fi
 	st=$(dmsetup status race-v)
-	if ! [[ $st =~ fleece-view\ invalid\ .*\ detached$ ]]; then
+	if [ "$(fleece_field race-v state)" != invalid ] ||
+		[ "$(fleece_field race-v error)" != detached ]; then
 		not_detached=$((not_detached + 1))
 		ktap_diag "round $round: $st"
 	fi
