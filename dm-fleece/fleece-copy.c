@@ -875,7 +875,7 @@ static void process_writes(struct fleece_core *core)
 {
 	struct bio_list issue = BIO_EMPTY_LIST, fail = BIO_EMPTY_LIST;
 	struct fleece_snapshot *spare_snap = NULL, *s;
-	struct bio_list pending = BIO_EMPTY_LIST, done;
+	struct bio_list pending = BIO_EMPTY_LIST, stay = BIO_EMPTY_LIST, done;
 	struct fleece_copy_job *spare = NULL;
 	struct fleece_origin_io *io;
 	enum fleece_route route;
@@ -903,9 +903,14 @@ static void process_writes(struct fleece_core *core)
 		io = fleece_origin_io(bio);
 		if (!io->holds_ref) {
 			if (!percpu_ref_tryget_live(&core->writes_ref)) {
-				/* Still starting: fleece_snapshot_start() kicks us. */
-				bio_list_add_head(&pending, bio);
-				break;
+				/*
+				 * A snapshot starts or ends: its kick comes once
+				 * the reference lives again.  The writes behind
+				 * that hold one still go, so that a drain never
+				 * waits for a write stuck behind this one.
+				 */
+				bio_list_add(&stay, bio);
+				continue;
 			}
 			io->holds_ref = true;
 		}
@@ -953,6 +958,7 @@ static void process_writes(struct fleece_core *core)
 			bio_list_add(&core->discards_done, bio);
 	}
 	/* What was not looked at goes back, in front and in order. */
+	bio_list_merge_head(&pending, &stay);
 	if (!bio_list_empty(&pending)) {
 		while ((bio = __fleece_pop_write(core, &core->deferred_writes)))
 			bio_list_add(&pending, bio);

@@ -302,6 +302,11 @@ struct fleece_core {
 	 * that would read the origin wait on reads_on_hold instead.
 	 */
 	bool origin_running;
+	/*
+	 * Held-back discards are going down at the end of a snapshot
+	 * (core->lock): the origin's postsuspend waits for them.
+	 */
+	bool discards_issuing;
 
 	/*
 	 * Protects state, error, snap and everything in it marked so, and the

@@ -253,36 +253,74 @@ void __fleece_take_discards(struct fleece_snapshot *s, struct rb_root *taken)
 	s->nr_discards = 0;
 }
 
+/* The discards of one fleece_issue_discards() call in flight. */
+struct issue_batch {
+	atomic_t pending;		/* bios, plus one for the submitter */
+	atomic64_t failed;		/* sectors */
+	struct completion done;
+};
+
+static void issue_endio(struct bio *bio)
+{
+	struct issue_batch *b = bio->bi_private;
+
+	if (bio->bi_status)
+		atomic64_add(bio_sectors(bio), &b->failed);
+	bio_put(bio);
+	if (atomic_dec_and_test(&b->pending))
+		complete(&b->done);
+}
+
 /**
  * fleece_issue_discards() - pass the ranges in @taken down to the origin.
  * @s: the snapshot they were taken from.
  * @taken: from __fleece_take_discards().
  *
- * Process context; waits for each discard.  The caller makes sure that no
- * write to the origin is in flight or can start meanwhile.  A discard that
+ * Process context.  Every range is submitted at once, under one plug, and
+ * waited for together: guest writes wait meanwhile.  The caller makes sure
+ * that no write to the origin is in flight or can start.  A discard that
  * fails is only logged: the data stays, which is always allowed.
  */
 void fleece_issue_discards(struct fleece_snapshot *s, struct rb_root *taken)
 {
+	/* A bio holds less than 4 GiB; keep the pieces 4 KiB aligned. */
+	const sector_t max_sectors = round_down(UINT_MAX >> SECTOR_SHIFT, 8);
 	struct fleece_core *core = s->core;
+	struct issue_batch b;
 	struct fleece_discard *d;
-	u64 failed = 0;
-	int r;
+	struct blk_plug plug;
+	struct bio *bio;
+	sector_t len;
+	u64 failed;
 
+	atomic_set(&b.pending, 1);
+	atomic64_set(&b.failed, 0);
+	init_completion(&b.done);
+	blk_start_plug(&plug);
 	while ((d = to_discard(rb_first(taken)))) {
 		rb_erase(&d->node, taken);
-		r = blkdev_issue_discard(s->origin_bdev, d->start,
-					 d->end - d->start, GFP_NOIO);
-		if (r)
-			failed += d->end - d->start;
-		spin_lock_irq(&core->lock);
-		s->discard_sectors -= d->end - d->start;
-		spin_unlock_irq(&core->lock);
+		while (d->start < d->end) {
+			len = min(d->end - d->start, max_sectors);
+			bio = bio_alloc(s->origin_bdev, 0, REQ_OP_DISCARD, GFP_NOIO);
+			bio->bi_iter.bi_sector = d->start;
+			bio->bi_iter.bi_size = len << SECTOR_SHIFT;
+			bio->bi_private = &b;
+			bio->bi_end_io = issue_endio;
+			atomic_inc(&b.pending);
+			submit_bio_noacct(bio);
+			d->start += len;
+			spin_lock_irq(&core->lock);
+			s->discard_sectors -= len;
+			spin_unlock_irq(&core->lock);
+		}
 		mempool_free(d, &s->discard_pool);
 		cond_resched();
 	}
+	blk_finish_plug(&plug);
+	if (!atomic_dec_and_test(&b.pending))
+		wait_for_completion(&b.done);
+	failed = atomic64_read(&b.failed);
 	if (failed)
 		DMWARN("%u:%u: %llu sectors of held-back origin discards failed; the data stays",
-		       MAJOR(core->dev), MINOR(core->dev),
-		       (unsigned long long)failed);
+		       MAJOR(core->dev), MINOR(core->dev), (unsigned long long)failed);
 }

@@ -240,7 +240,8 @@ static bool origin_reads_drained(struct fleece_core *core)
 	bool drained;
 
 	spin_lock_irq(&core->lock);
-	drained = !core->snap || RB_EMPTY_ROOT(&core->snap->readers.rb_root);
+	drained = (!core->snap || RB_EMPTY_ROOT(&core->snap->readers.rb_root)) &&
+		  !core->discards_issuing;
 	spin_unlock_irq(&core->lock);
 	return drained;
 }
@@ -268,7 +269,11 @@ void fleece_core_suspend(struct fleece_origin *fo)
 	core->origin_running = false;
 	spin_unlock_irq(&core->lock);
 	mutex_unlock(&fleece_registry_lock);
-	/* Pairs with the wake_up() in fleece_view_end_read(). */
+	/*
+	 * Pairs with the wake_up() in fleece_view_end_read() and in
+	 * issue_held_discards(): no other table may take writes while held
+	 * discards still go down.
+	 */
 	wait_event(core->origin_reads_done, origin_reads_drained(core));
 }
 

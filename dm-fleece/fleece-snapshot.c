@@ -192,9 +192,33 @@ static void issue_held_discards(struct fleece_core *core,
 	spin_lock_irq(&core->lock);
 	/* A worker run may have seen them while the reference was dead. */
 	core->recheck_deferred = true;
+	core->discards_issuing = false;
+	wake_up(&core->origin_reads_done);
 	spin_unlock_irq(&core->lock);
 	percpu_ref_resurrect(&core->writes_ref);
 	fleece_kick(core);
+}
+
+/*
+ * Deferred writes are not in flight: let go of the references they hold,
+ * so that the drain before the held discards go down does not wait for a
+ * write queued behind one that cannot get a reference while it is dead.
+ * They take one again when the worker routes them.  Caller holds
+ * core->lock.
+ */
+static void __unref_deferred_writes(struct fleece_core *core)
+{
+	struct fleece_origin_io *io;
+	struct bio *bio;
+
+	lockdep_assert_held(&core->lock);
+	bio_list_for_each(bio, &core->deferred_writes) {
+		io = fleece_origin_io(bio);
+		if (io->holds_ref) {
+			io->holds_ref = false;
+			percpu_ref_put(&core->writes_ref);
+		}
+	}
 }
 
 /**
@@ -228,9 +252,16 @@ void fleece_snapshot_end(struct fleece_core *core)
 	 * flight until the drain in issue_held_discards().
 	 */
 	held_discards = core->state == FLEECE_ACTIVE && !RB_EMPTY_ROOT(&s->discards);
+	if (held_discards && !core->origin_running) {
+		/* Another table may take writes the moment it resumes. */
+		__fleece_drop_discards(s, "the origin is suspended");
+		held_discards = false;
+	}
 	if (held_discards) {
 		percpu_ref_kill(&core->writes_ref);
+		__unref_deferred_writes(core);
 		__fleece_take_discards(s, &discards);
+		core->discards_issuing = true;
 	}
 	WRITE_ONCE(core->state, FLEECE_IDLE);
 	core->last_error = core->error;
