@@ -20,7 +20,7 @@ fleece_require_root
 fleece_require dmsetup losetup openssl blkdiscard cmp stat
 fleece_load || ktap_bail "cannot load dm-fleece"
 
-ktap_plan 37
+ktap_plan 39
 
 tmp=$(fleece_tmpdir)
 KB=1024
@@ -131,6 +131,16 @@ same_range "$origin" "$tmp/ref5" $((12 * MB)) $MB
 ktap_result "the dropped discard never reached the origin" $?
 fleece_expect_field dd-o error none "the idle origin reports no current error"
 fleece_expect_field dd-o last_error full "the last snapshot's error is in its own field"
+
+# 5c. A snapshot that ends while the origin is suspended drops them too:
+# another table may resume in the origin's place.
+fleece_snapshot_ref "$origin" "$tmp/ref5c"
+view=$(fleece_view dd-v dd-o "$e")
+blkdiscard -o $((13 * MB)) -l $MB "$origin"
+dmsetup suspend dd-o && fleece_dm_remove dd-v && dmsetup resume dd-o
+ktap_result "the view can be removed while the origin is suspended" $?
+same_range "$origin" "$tmp/ref5c" $((13 * MB)) $MB
+ktap_result "a snapshot ending under a suspended origin passes no held discard down" $?
 
 # 6. discard_policy copy: the chunks are copied first and the discard goes
 # down at once.
