@@ -5,7 +5,8 @@
 # origin device (load a fleece or a linear table, resume, suspend, clear
 # the inactive table, remove, create, and a whole swap) and of the view (create, create with
 # no table then load, resume, suspend, remove), mixed with writes to the
-# origin.  After every step the view's promise is checked: while its status
+# origin and discards of it (held back while a snapshot needs their chunk).
+# After every step the view's promise is checked: while its status
 # says active, it reads exactly the origin as it was when its snapshot
 # started; while it says invalid, its reads fail.  No command may hang, and
 # a refused command must leave nothing suspended that was not before.
@@ -17,7 +18,7 @@
 . "$(dirname "$0")/../lib/fleece-target.sh"
 
 fleece_require_root
-fleece_require dmsetup losetup cmp
+fleece_require dmsetup losetup cmp blkdiscard
 fleece_load || ktap_bail "cannot load dm-fleece"
 
 STEPS=$(fleece_stress 45 400)
@@ -63,13 +64,14 @@ for seed in $SEEDS; do
 	RANDOM=$seed
 	fleece_fill "$o" "$seed"
 	dd if="$o" of="$tmp/shadow" bs=1M iflag=direct status=none
+	shadow_known=yes
 	dm create ho-o --table "$FLEECE"
 	view_state=none
 	log=()
 	for ((i = 0; i < STEPS; i++)); do
 		states
 		olive=$o_live osusp=$o_susp
-		ops=(write write)
+		ops=(write write discard)
 		if [ "$olive" = none ]; then
 			ops+=(o_create_fleece o_create_fleece o_create_linear)
 		else
@@ -95,6 +97,16 @@ for seed in $SEEDS; do
 			if [ "$olive" = yes ] && [ "$osusp" = no ]; then
 				off=$(((RANDOM % 64) * 65536))
 				fleece_write /dev/mapper/ho-o "$off" 65536 "w$seed.$i" "$tmp/shadow" || rc=1
+			fi
+			;;
+		discard)
+			# Held back while a snapshot needs the chunk, so what the
+			# origin reads afterwards depends on how that snapshot ends:
+			# the reference of the next one is read from the device.
+			if [ "$olive" = yes ] && [ "$osusp" = no ]; then
+				off=$(((RANDOM % 64) * 65536))
+				timeout 60 blkdiscard -o "$off" -l 65536 /dev/mapper/ho-o || rc=$?
+				shadow_known=no
 			fi
 			;;
 		o_create_fleece) dm create ho-o --table "$FLEECE" || rc=$? ;;
@@ -152,6 +164,12 @@ for seed in $SEEDS; do
 		fi
 		if [ "$view_state" = none ] && [ "$st" != idle ]; then
 			# The snapshot started in this step: the origin as it is now.
+			# After a discard the device itself says what that is (no
+			# write runs between the start and here).
+			if [ "$shadow_known" = no ]; then
+				dd if="$o" of="$tmp/shadow" bs=1M iflag=direct status=none
+				shadow_known=yes
+			fi
 			cp "$tmp/shadow" "$tmp/ref"
 		fi
 		view_state=$st
