@@ -243,7 +243,7 @@ void __fleece_drop_discards(struct fleece_snapshot *s, const char *why)
  * @s: the snapshot; caller holds core->lock.
  * @taken: gets the ranges, for fleece_issue_discards().
  *
- * The status keeps counting them until they are issued.
+ * Only when the snapshot ends: the status of an idle origin counts none.
  */
 void __fleece_take_discards(struct fleece_snapshot *s, struct rb_root *taken)
 {
@@ -251,6 +251,7 @@ void __fleece_take_discards(struct fleece_snapshot *s, struct rb_root *taken)
 	*taken = s->discards;
 	s->discards = RB_ROOT;
 	s->nr_discards = 0;
+	s->discard_sectors = 0;
 }
 
 /* The discards of one fleece_issue_discards() call in flight. */
@@ -309,9 +310,6 @@ void fleece_issue_discards(struct fleece_snapshot *s, struct rb_root *taken)
 			atomic_inc(&b.pending);
 			submit_bio_noacct(bio);
 			d->start += len;
-			spin_lock_irq(&core->lock);
-			s->discard_sectors -= len;
-			spin_unlock_irq(&core->lock);
 		}
 		mempool_free(d, &s->discard_pool);
 		cond_resched();
