@@ -31,6 +31,13 @@
 #             machine shared with other guests)
 #   VM_GRACE  seconds a guest may overrun a test's timeout before the host
 #             declares it hung (60); VM_BOOT_TIMEOUT (300); VM_SMP, VM_MEM
+#   PARALLEL_GUESTS  1: the guests of all kernels run at the same time (the
+#             default with two or more kernels and no debug kernel); 0: one
+#             after the other.  A TCG guest keeps only about 1.2 of the two
+#             CPUs busy (its tests are mostly one bash, one dd or one dmsetup
+#             at a time), so two at once take about 60% of the time of two in
+#             a row.  The first kernel's results print as they come, the
+#             others' once it is done.
 #
 # The debug kernel (KERNELS=debug, `make debug-kernel`: KASAN, lockdep,
 # kmemleak...) runs several times slower: unless set, TIMEOUT_SCALE is 3,
@@ -110,8 +117,16 @@ PY
 		sleep 1
 	done
 }
+bg_pids=()
 on_exit() {
+	local p
+	for p in "${bg_pids[@]}"; do
+		kill -TERM "$p" 2>/dev/null
+	done
 	[ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null && kill_guest
+	for p in "${bg_pids[@]}"; do
+		wait "$p" 2>/dev/null
+	done
 }
 trap on_exit EXIT
 trap 'echo "check: interrupted"; exit 130' INT TERM
@@ -430,13 +445,63 @@ if [ -n "$TESTS" ] && [ ! -s "$top/tests.list" ]; then
 	echo "check: TESTS='$TESTS' matches no selftest" >&2
 	F=$((F + 1))
 fi
+guests=()
 for k in "${kvers[@]}"; do
 	if [ -z "${BUILT[$k]:-}" ]; then
 		echo "== guest $k: not run (the module did not build)"
 		continue
 	fi
-	run_guest "$k"
+	guests+=("$k")
 done
+if [ -z "${PARALLEL_GUESTS:-}" ]; then
+	PARALLEL_GUESTS=1
+	for k in "${guests[@]}"; do
+		debug_kernel "$k" && PARALLEL_GUESTS=0
+	done
+fi
+
+# run_guest_in_background K: run_guest in a subshell, its output to
+# $top/guest-K.out and its counts and time to $top/guest-K.tally.  Traps are
+# reset in a subshell: it sets its own, to kill its guest when it ends.
+run_guest_in_background() {
+	local k=$1
+	rm -f "$top/guest-$k.tally"
+	(
+		trap on_exit EXIT
+		trap 'exit 130' INT TERM
+		bg_pids=() P=0 F=0 S=0
+		run_guest "$k"
+		printf '%s %s %s %s\n' "$P" "$F" "$S" "${GUEST_TIME[$k]}" >"$top/guest-$k.tally"
+	) >"$top/guest-$k.out" 2>&1 </dev/null 7>&- &
+	bg_pids+=($!)
+}
+
+if [ "$PARALLEL_GUESTS" = 1 ] && [ ${#guests[@]} -gt 1 ]; then
+	for k in "${guests[@]:1}"; do
+		run_guest_in_background "$k"
+	done
+	run_guest "${guests[0]}"
+	i=0
+	for k in "${guests[@]:1}"; do
+		pid=${bg_pids[$i]}
+		i=$((i + 1))
+		# Its output so far, then the rest as it comes, until it ends.
+		tail -n +1 -f --pid="$pid" "$top/guest-$k.out"
+		wait "$pid"
+		if read -r p f s t <"$top/guest-$k.tally" 2>/dev/null; then
+			P=$((P + p)) F=$((F + f)) S=$((S + s))
+			GUEST_TIME[$k]=$t
+		else
+			line FAIL "guest $k" "its runner died without a result"
+			F=$((F + 1))
+		fi
+	done
+	bg_pids=()
+else
+	for k in "${guests[@]}"; do
+		run_guest "$k"
+	done
+fi
 
 # The bench in quick mode: proves `make bench` still works (it asserts no
 # timing).  One guest, on the first kernel.
