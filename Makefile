@@ -56,11 +56,12 @@ modules-all:
 	@set -e; for k in $$(tools/vm/kernels.sh $(KERNELS)); do \
 		tools/kbuild.sh --quiet $$k; echo "built build/$$k/dm-fleece.ko"; done
 
-## tools: userspace (tools/fleecectl) and the C selftests
+## tools: userspace (tools/fleecectl, tools/fleece-md-check) and the C selftests
 tools: selftests
 ifneq ($(FLEECECTL),)
 	$(MAKE) -C tools/fleecectl
 endif
+	$(MAKE) -C tools/fleece-md-check
 
 selftests:
 	@$(MAKE) --no-print-directory -s -C selftests O=$(SRC)/build/selftests
@@ -121,6 +122,7 @@ uninstall:
 ## clean: remove build/ and the tools' objects (the source tree stays clean)
 clean:
 	rm -rf build generated
+	$(MAKE) -C tools/fleece-md-check clean
 ifneq ($(FLEECECTL),)
 	$(MAKE) -C tools/fleecectl clean
 endif

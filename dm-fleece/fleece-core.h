@@ -11,7 +11,11 @@
  * copy-before-write machinery.
  *
  * Lock order (outer first):
- *   fleece_registry_lock (mutex)  -> core->lock (spinlock, irq-safe)
+ *   tracker->lock (mutex) -> fleece_registry_lock (mutex)
+ *     -> core->lock (spinlock, irq-safe)
+ *   tracker->lock -> tracker->bits_lock (spinlock, irq-safe): change
+ *   tracking, fleece-track.h
+ * core->lock and tracker->bits_lock are never held together.
  * core->lock is innermost.  With it held, code only calls into leaf locks
  * of other subsystems: mempool allocations that do not wait (GFP_NOWAIT)
  * and frees, queue_work(), queue_delayed_work(), wake_up() and
@@ -39,6 +43,7 @@
 
 #include "fleece-compat.h"
 #include "fleece-exception-map.h"
+#include "fleece-track.h"
 
 #define DM_MSG_PREFIX "fleece"
 
@@ -188,6 +193,15 @@ struct fleece_snapshot {
 	mempool_t job_pool;
 	mempool_t page_pool;
 	mempool_t discard_pool;
+
+	/*
+	 * A backup bound to a bitmap (fleece-track-backup.c): its slot, or
+	 * -1; its mode; and whether the backup said it succeeded (the
+	 * view's outcome message, core->lock).
+	 */
+	int bound_slot;
+	enum fleece_bitmap_mode bitmap_mode;
+	bool declared_success;
 };
 
 /*
@@ -229,6 +243,8 @@ struct fleece_origin {
 	struct dm_dev *dev;
 	sector_t chunk_sectors;
 	enum fleece_discard_policy discard_policy;
+	struct dm_dev *md_dev;		/* change tracking metadata, or NULL */
+	unsigned int track_sectors;	/* the track_block feature, or 0 */
 	struct list_head core_entry;	/* core->instances, registry lock */
 };
 
@@ -236,6 +252,7 @@ struct fleece_origin {
 struct fleece_origin_io {
 	bool holds_ref;		/* holds core->writes_ref until end_io */
 	bool delayed;		/* counted in writes_delayed */
+	bool tracked;		/* holds tracker->writes until end_io */
 };
 
 /*
@@ -278,6 +295,11 @@ struct fleece_core {
 	 */
 	struct dm_target *origin_ti;
 	struct fleece_view *view;
+	/*
+	 * Change tracking (fleece-track.c): made with the core, freed with
+	 * it, so map() uses it without a lock.
+	 */
+	struct fleece_tracker *tracker;
 	/* Configuration adopted from origin_ti (registry lock). */
 	struct block_device *origin_bdev;
 	sector_t origin_sectors;
@@ -363,6 +385,10 @@ struct fleece_view {
 	enum fleece_cbw_policy policy;
 	unsigned int timeout_ms;
 	unsigned int max_copies;	/* 0: derived from the chunk size */
+	/* The bitmap feature: the backup's bitmap, or "" for none. */
+	char bitmap[DM_FLEECE_MD_NAME_LEN];
+	enum fleece_bitmap_mode bitmap_mode;
+	bool full_backup;		/* the backup feature says full */
 };
 
 #define FLEECE_RANGE_START(r) ((r)->start)
@@ -453,10 +479,15 @@ static inline void fleece_kick(struct fleece_core *core)
 int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view);
 void fleece_snapshot_end(struct fleece_core *core);
 int fleece_release(struct fleece_core *core, sector_t start, sector_t len);
+int fleece_snapshot_outcome(struct fleece_core *core, bool success);
+int fleece_backup_extents(struct fleece_core *core, sector_t start,
+			  unsigned int max, sector_t sectors, char *result,
+			  unsigned int maxlen);
 
 /* fleece-route.c: where bios go, from map() and from the worker. */
 int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 			    struct fleece_origin_io *io);
+void fleece_origin_resume_write(struct fleece_core *core, struct bio *bio);
 int fleece_view_map_read(struct fleece_core *core, struct bio *bio,
 			 struct fleece_view_io *io);
 void fleece_view_end_read(struct fleece_core *core, struct fleece_view_io *io,

@@ -45,17 +45,20 @@ static int parse_discard_policy(const char *name,
 }
 
 /*
- * Feature arguments:
+ * Feature arguments, each at most once:
  *   discard_policy <defer|copy|ignore>
+ *   metadata <dev>		change tracking kept on <dev> (fleece-track.c)
+ *   track_block <sectors>	tracking block size, a power of two
  */
-static int parse_features(struct dm_arg_set *as, struct fleece_origin *fo,
-			  char **error)
+static int parse_features(struct dm_target *ti, struct dm_arg_set *as,
+			  struct fleece_origin *fo, char **error)
 {
 	static const struct dm_arg group = {
-		0, 2, "Invalid number of feature arguments: expected 0 or 2."
+		0, 6, "Invalid number of feature arguments: expected 0 to 6."
 	};
-	unsigned int argc;
-	const char *name;
+	unsigned int argc, v;
+	const char *name, *value;
+	bool policy = false;
 	int r;
 
 	fo->discard_policy = FLEECE_DISCARD_DEFER;
@@ -66,16 +69,37 @@ static int parse_features(struct dm_arg_set *as, struct fleece_origin *fo,
 		return r;
 	while (argc) {
 		name = dm_shift_arg(as);
-		argc--;
-		if (strcasecmp(name, "discard_policy")) {
-			*error = "Unknown feature argument: the one feature is discard_policy.";
+		value = argc > 1 ? dm_shift_arg(as) : NULL;
+		argc -= value ? 2 : 1;
+		if (!strcasecmp(name, "discard_policy") && !policy) {
+			if (!value || parse_discard_policy(value, &fo->discard_policy)) {
+				*error = "Invalid discard_policy: use defer, copy or ignore.";
+				return -EINVAL;
+			}
+			policy = true;
+		} else if (!strcasecmp(name, "metadata") && !fo->md_dev) {
+			if (!value) {
+				*error = "Invalid metadata: it needs a device.";
+				return -EINVAL;
+			}
+			r = dm_get_device(ti, value, FLEECE_OPEN_RW,
+					  &fo->md_dev);
+			if (r) {
+				*error = "Cannot open the metadata device.";
+				return r;
+			}
+		} else if (!strcasecmp(name, "track_block") && !fo->track_sectors) {
+			if (!value || kstrtouint(value, 10, &v) || !is_power_of_2(v) ||
+			    v < DM_FLEECE_MIN_TRACK_SECTORS ||
+			    v > DM_FLEECE_MAX_TRACK_SECTORS) {
+				*error = "Invalid track_block: use a power of two, 8 to 131072.";
+				return -EINVAL;
+			}
+			fo->track_sectors = v;
+		} else {
+			*error = "Unknown or repeated feature: see the fleece documentation.";
 			return -EINVAL;
 		}
-		if (!argc || parse_discard_policy(dm_shift_arg(as), &fo->discard_policy)) {
-			*error = "Invalid discard_policy: it must be defer, copy or ignore.";
-			return -EINVAL;
-		}
-		argc--;
 	}
 	return 0;
 }
@@ -85,8 +109,9 @@ static int parse_features(struct dm_arg_set *as, struct fleece_origin *fo,
  *
  *   fleece <origin dev> <chunk size> [<#feature args> [<feature arg>]*]
  *
- * The one feature is "discard_policy defer|copy|ignore" (default defer):
- * see fleece-discard.c.
+ * Features: "discard_policy defer|copy|ignore" (default defer, see
+ * fleece-discard.c), "metadata <dev>" and "track_block <sectors>" (change
+ * tracking, see fleece-track.c).
  * <chunk size> is in 512-byte sectors, a power of two from 8 to 2048.  The
  * target must start at sector 0 and be the only one of its device
  * (DM_TARGET_SINGLETON: dm refuses any other target in the table).
@@ -116,7 +141,7 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 	r = parse_chunk_size(&as, &fo->chunk_sectors, &ti->error);
 	if (r)
 		goto bad;
-	r = parse_features(&as, fo, &ti->error);
+	r = parse_features(ti, &as, fo, &ti->error);
 	if (r)
 		goto bad;
 	if (as.argc) {
@@ -162,6 +187,8 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 bad_dev:
 	dm_put_device(ti, fo->dev);
 bad:
+	if (fo->md_dev)
+		dm_put_device(ti, fo->md_dev);
 	kfree(fo);
 	return r;
 }
@@ -170,8 +197,11 @@ static void fleece_origin_dtr(struct dm_target *ti)
 {
 	struct fleece_origin *fo = ti->private;
 
+	/* First: the core's tracker may still write the metadata device. */
 	fleece_core_put_origin(fo);
 	dm_put_device(ti, fo->dev);
+	if (fo->md_dev)
+		dm_put_device(ti, fo->md_dev);
 	kfree(fo);
 }
 
@@ -186,37 +216,61 @@ static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
 	struct fleece_origin_io *io = fleece_origin_io(bio);
 
 	bio_set_dev(bio, fo->dev->bdev);
+	io->holds_ref = false;
+	io->tracked = false;
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
-		io->holds_ref = false;
 		return DM_MAPIO_REMAPPED;
 	case REQ_OP_WRITE:
 	case REQ_OP_DISCARD:
 	case REQ_OP_SECURE_ERASE:
 	case REQ_OP_WRITE_ZEROES:
-		return fleece_origin_map_write(fo->core, bio, io);
+		break;
 	default:
 		DMERR_LIMIT("%s: refusing operation %u: it is not copied first",
 			    fo->dev->name, bio_op(bio));
-		io->holds_ref = false;
 		return DM_MAPIO_KILL;
 	}
+	/* Marked whether or not it succeeds; a data-less flush is not. */
+	if (bio_sectors(bio)) {
+		switch (fleece_track_map(fo->core->tracker, bio)) {
+		case FLEECE_TRACK_HELD:
+			return DM_MAPIO_SUBMITTED;
+		case FLEECE_TRACK_FAIL:
+			/* Through bio_endio() so that end_io() drops the reference. */
+			bio_io_error(bio);
+			return DM_MAPIO_SUBMITTED;
+		default:
+			break;
+		}
+	}
+	return fleece_origin_map_write(fo->core, bio, io);
 }
 
 static int fleece_origin_end_io(struct dm_target *ti, struct bio *bio,
 				blk_status_t *error)
 {
 	struct fleece_origin *fo = ti->private;
+	struct fleece_origin_io *io = fleece_origin_io(bio);
 
-	if (fleece_origin_io(bio)->holds_ref)
+	if (io->holds_ref)
 		percpu_ref_put(&fo->core->writes_ref);
+	if (io->tracked)
+		fleece_track_end_io(fo->core->tracker);
 	return DM_ENDIO_DONE;
 }
 
 /* The instance is live: every write to the device passes through it. */
 static int fleece_origin_preresume(struct dm_target *ti)
 {
-	fleece_core_adopt(ti->private);
+	struct fleece_origin *fo = ti->private;
+
+	/*
+	 * Before adopt, without the registry lock (the tracker's mutex comes
+	 * first); fleece_core_get() allowed a new size only with no bitmap.
+	 */
+	fleece_tracker_resize(fo->core->tracker, ti->len);
+	fleece_core_adopt(fo);
 	return 0;
 }
 
@@ -234,7 +288,7 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 				 unsigned int maxlen)
 {
 	struct fleece_origin *fo = ti->private;
-	unsigned int sz = 0;
+	unsigned int sz = 0, nfeat;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
@@ -242,9 +296,17 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %llu", fo->dev->name, (unsigned long long)fo->chunk_sectors);
+		nfeat = (fo->discard_policy != FLEECE_DISCARD_DEFER) * 2 +
+			!!fo->md_dev * 2 + !!fo->track_sectors * 2;
+		if (nfeat)
+			DMEMIT(" %u", nfeat);
 		if (fo->discard_policy != FLEECE_DISCARD_DEFER)
-			DMEMIT(" 2 discard_policy %s",
+			DMEMIT(" discard_policy %s",
 			       discard_policy_names[fo->discard_policy]);
+		if (fo->md_dev)
+			DMEMIT(" metadata %s", fo->md_dev->name);
+		if (fo->track_sectors)
+			DMEMIT(" track_block %u", fo->track_sectors);
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
@@ -257,6 +319,22 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
+/*
+ * Messages: the bitmap_* messages of change tracking (fleece-track.c).
+ */
+static int fleece_origin_message(struct dm_target *ti, unsigned int argc,
+				 char **argv, char *result, unsigned int maxlen)
+{
+	struct fleece_origin *fo = ti->private;
+
+	if (!argc || strncasecmp(argv[0], "bitmap_", 7)) {
+		DMERR("Invalid message: the fleece target takes the bitmap_* messages.");
+		return -EINVAL;
+	}
+	return fleece_track_message(fo->core->tracker, argc, argv, result, maxlen,
+				    ti->len);
+}
+
 static int fleece_origin_iterate_devices(struct dm_target *ti,
 					 iterate_devices_callout_fn fn, void *data)
 {
@@ -267,7 +345,7 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 
 struct target_type fleece_origin_target = {
 	.name = DM_FLEECE_ORIGIN_TARGET,
-	.version = {1, 2, 0},
+	.version = {1, 3, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,
@@ -277,5 +355,6 @@ struct target_type fleece_origin_target = {
 	.preresume = fleece_origin_preresume,
 	.postsuspend = fleece_origin_postsuspend,
 	.status = fleece_origin_status,
+	.message = fleece_origin_message,
 	.iterate_devices = fleece_origin_iterate_devices,
 };

@@ -35,6 +35,8 @@ static struct fleece_core *__core_find(dev_t dev)
 
 static void core_free(struct fleece_core *core)
 {
+	/* Before the workqueue goes: its commits run there. */
+	fleece_tracker_destroy(core->tracker);
 	if (core->wq)
 		destroy_workqueue(core->wq);
 	bioset_exit(&core->bs);
@@ -124,6 +126,74 @@ static bool __bdev_taken(struct fleece_core *core, struct block_device *bdev)
 	return false;
 }
 
+/* True when an instance of a core other than @core tracks changes on @bdev. */
+static bool __md_taken(struct fleece_core *core, struct block_device *bdev)
+{
+	struct fleece_core *other;
+	struct fleece_origin *fo;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	list_for_each_entry(other, &fleece_cores, registry_entry) {
+		if (other == core)
+			continue;
+		list_for_each_entry(fo, &other->instances, core_entry)
+			if (fo->md_dev && fo->md_dev->bdev == bdev)
+				return true;
+	}
+	return false;
+}
+
+/*
+ * The change tracking of a new core, from @fo's table line: in memory, or
+ * on its metadata device.  Registry lock held, with I/O allowed to the
+ * metadata device only.
+ */
+static int __create_tracker(struct fleece_core *core, struct fleece_origin *fo,
+			    char **error)
+{
+	char name[DM_NAME_LEN], uuid[DM_UUID_LEN];
+	const char *owner = "";
+
+	lockdep_assert_held(&fleece_registry_lock);
+	if (fo->md_dev && !dm_copy_name_and_uuid(dm_table_get_md(fo->ti->table),
+						 name, uuid))
+		owner = uuid[0] ? uuid : name;
+	if (fo->md_dev && (fo->md_dev->bdev == fo->dev->bdev ||
+			   fo->md_dev->bdev->bd_dev == core->dev)) {
+		*error = "The metadata device cannot be the origin device.";
+		return -EINVAL;
+	}
+	if (fo->md_dev && __md_taken(core, fo->md_dev->bdev)) {
+		*error = "The metadata device is already used by another fleece device.";
+		return -EBUSY;
+	}
+	core->tracker = fleece_tracker_create(core, fo->ti->len, fo->track_sectors,
+					      fo->md_dev ? fo->md_dev->bdev : NULL,
+					      owner, error);
+	return core->tracker ? 0 : -EINVAL;
+}
+
+/* The reason @fo cannot join @core's change tracking, or NULL. */
+static const char *__tracking_conflict(struct fleece_core *core,
+				       struct fleece_origin *fo)
+{
+	struct fleece_tracker *t = core->tracker;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	if (fleece_tracker_persistent(t)) {
+		if (!fo->md_dev || fo->md_dev->bdev->bd_dev != fleece_tracker_md_dev(t))
+			return "A reload must keep the same metadata device.";
+	} else if (fo->md_dev) {
+		return "A metadata device is only taken when the fleece device is created.";
+	}
+	if (fo->track_sectors && fo->track_sectors != fleece_track_sectors(t))
+		return "A reload must keep the tracking block size.";
+	if (fo->ti->len != core->origin_sectors &&
+	    (fleece_tracker_persistent(t) || fleece_tracker_has_bitmaps(t)))
+		return "The size cannot change with bitmaps or a metadata device.";
+	return NULL;
+}
+
 /**
  * fleece_core_get() - register @fo with the core of its device.
  * @fo: a new origin instance, with ti, dev and chunk_sectors set.
@@ -163,12 +233,22 @@ int fleece_core_get(struct fleece_origin *fo, char **error)
 			r = -EBUSY;
 			goto out;
 		}
+		*error = (char *)__tracking_conflict(core, fo);
+		if (*error) {
+			r = -EBUSY;
+			goto out;
+		}
 	} else {
 		if (!new) {
 			*error = "Cannot allocate the fleece device state.";
 			r = -ENOMEM;
 			goto out;
 		}
+		noio = memalloc_noio_save();
+		r = __create_tracker(new, fo, error);
+		memalloc_noio_restore(noio);
+		if (r)
+			goto out;
 		core = new;
 		new = NULL;
 		/* No live instance until one resumes: see fleece_core_adopt(). */
@@ -301,12 +381,23 @@ static void __core_put(struct fleece_core *core)
 void fleece_core_put_origin(struct fleece_origin *fo)
 {
 	struct fleece_core *core = fo->core;
+	bool detach;
 
 	mutex_lock(&fleece_registry_lock);
 	list_del(&fo->core_entry);
 	if (core->origin_ti == fo->ti) {
 		core->origin_ti = NULL;
 		__detach_snapshot(core);
+	}
+	/*
+	 * The last fleece table leaves a device that the view keeps: another
+	 * table takes its writes untracked, and the metadata device closes.
+	 */
+	detach = list_empty(&core->instances) && core->refs > 1;
+	if (detach) {
+		mutex_unlock(&fleece_registry_lock);
+		fleece_tracker_detach(core->tracker);	/* its mutex comes first */
+		mutex_lock(&fleece_registry_lock);
 	}
 	__core_put(core);
 	mutex_unlock(&fleece_registry_lock);

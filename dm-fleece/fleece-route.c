@@ -232,6 +232,21 @@ int fleece_origin_map_write(struct fleece_core *core, struct bio *bio,
 	}
 }
 
+/**
+ * fleece_origin_resume_write() - go on with a write that tracking held.
+ * @core: the core of the origin.
+ * @bio: the write, remapped to the origin device by map() already.
+ *
+ * Process context (the tracking commit worker).  Does what map() would
+ * have done after tracking, and submits the bio if it may go down.
+ */
+void fleece_origin_resume_write(struct fleece_core *core, struct bio *bio)
+{
+	if (fleece_origin_map_write(core, bio, fleece_origin_io(bio)) ==
+	    DM_MAPIO_REMAPPED)
+		submit_bio_noacct(bio);
+}
+
 /*
  * Finds the chunks, from @chunk up to @last, that a view read can take from
  * the origin: chunks that still need a copy and whose copy, if any, has not

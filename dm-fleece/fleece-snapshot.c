@@ -110,6 +110,31 @@ bad:
 	return NULL;
 }
 
+/*
+ * An incremental backup protects and serves only the chunks of its backup
+ * set: the others start released (never copied, reads fail), without
+ * counting as released by the backup.
+ */
+static void restrict_to_backup_set(struct fleece_snapshot *s,
+				   struct fleece_tracker *t, int slot)
+{
+	const unsigned long *frozen = t->bitmaps[slot].frozen;
+	u64 b, first, last;
+
+	bitmap_zero(s->needs_copy, s->nr_chunks);
+	bitmap_fill(s->released, s->nr_chunks);
+	for_each_set_bit(b, frozen, t->nr_blocks) {
+		first = (b << t->shift) >> s->chunk_shift;
+		if (first >= s->nr_chunks)
+			break;
+		last = min_t(u64, (((b + 1) << t->shift) - 1) >> s->chunk_shift,
+			     s->nr_chunks - 1);
+		/* bitmap_set() takes an int: a run is at most 2^14 chunks here. */
+		bitmap_set(s->needs_copy, first, last - first + 1);
+		bitmap_clear(s->released, first, last - first + 1);
+	}
+}
+
 /**
  * fleece_snapshot_start() - take the point in time for @view.
  * @core: the core of the fleece device.
@@ -126,8 +151,9 @@ bad:
 int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 {
 	struct fleece_snapshot *s;
-
+	char *error = NULL;
 	unsigned int noio;
+	int r;
 
 	if (READ_ONCE(core->snap))
 		return 0;
@@ -138,6 +164,22 @@ int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 	memalloc_noio_restore(noio);
 	if (!s)
 		return -ENOMEM;
+
+	s->bound_slot = -1;
+	if (view->bitmap[0]) {
+		/* Returns with tracked writes held until bound_started(). */
+		r = fleece_track_bind(core->tracker, view->bitmap, view->full_backup,
+				      &s->bound_slot, &error);
+		if (r) {
+			DMERR("%u:%u: snapshot not started: %s", MAJOR(core->dev),
+			      MINOR(core->dev), error);
+			snapshot_free(s);
+			return r;
+		}
+		s->bitmap_mode = view->bitmap_mode;
+		if (!view->full_backup)
+			restrict_to_backup_set(s, core->tracker, s->bound_slot);
+	}
 
 	percpu_ref_kill(&core->writes_ref);
 	wait_event(core->writes_drained, percpu_ref_is_zero(&core->writes_ref));
@@ -164,6 +206,8 @@ int fleece_snapshot_start(struct fleece_core *core, struct fleece_view *view)
 	/* Pairs with smp_rmb() in fleece_origin_map_write(). */
 	smp_wmb();
 	percpu_ref_resurrect(&core->writes_ref);
+	if (s->bound_slot >= 0)
+		fleece_track_bound_started(core->tracker);
 
 	if (core->state == FLEECE_ACTIVE)
 		DMINFO("%u:%u: snapshot started: %u chunks of %llu sectors, %u exception slots",
@@ -237,7 +281,7 @@ void fleece_snapshot_end(struct fleece_core *core)
 	struct rb_root discards = RB_ROOT;
 	struct fleece_copy_job *job;
 	struct fleece_snapshot *s;
-	bool held_discards;
+	bool held_discards, success;
 	struct bio *bio;
 
 	spin_lock_irq(&core->lock);
@@ -246,6 +290,8 @@ void fleece_snapshot_end(struct fleece_core *core)
 		spin_unlock_irq(&core->lock);
 		return;
 	}
+	/* A backup that said it succeeded, of a snapshot that stayed valid. */
+	success = s->declared_success && core->state == FLEECE_ACTIVE;
 	/*
 	 * Killed before the state changes, under the lock: a write that got
 	 * the reference earlier was routed as active, or sees idle and is in
@@ -295,6 +341,10 @@ void fleece_snapshot_end(struct fleece_core *core)
 	WARN_ON_ONCE(!list_empty(&core->buffered_jobs));
 	if (held_discards)
 		issue_held_discards(core, s, &discards);
+	if (s->bound_slot >= 0)
+		fleece_track_unbind(core->tracker, s->bound_slot, s->bitmap_mode,
+				    success, s->released, s->chunk_shift,
+				    s->nr_chunks, s->nr_sectors);
 
 	DMINFO("%u:%u: snapshot ended: %llu copied, %llu released, %llu discard sectors dropped",
 	       MAJOR(core->dev), MINOR(core->dev),
@@ -336,4 +386,54 @@ int fleece_release(struct fleece_core *core, sector_t start, sector_t len)
 	if (covers)
 		wait_for_completion(&done);
 	return rel.result;
+}
+
+/**
+ * fleece_snapshot_outcome() - the backup says how it went: the view's
+ * outcome message.
+ * @core: the core of the view.
+ * @success: it read everything it needed.
+ *
+ * Returns 0, or -EIO when no snapshot runs.  The last word counts; no word
+ * counts as failure.
+ */
+int fleece_snapshot_outcome(struct fleece_core *core, bool success)
+{
+	int r = -EIO;
+
+	spin_lock_irq(&core->lock);
+	if (core->snap) {
+		core->snap->declared_success = success;
+		r = 0;
+	}
+	spin_unlock_irq(&core->lock);
+	return r;
+}
+
+/**
+ * fleece_backup_extents() - the backup set of the view's bound bitmap, as
+ * ranges: the view's backup_extents message.
+ * @core: the core of the view.
+ * @start: the sector to start from.
+ * @max: how many ranges at most.
+ * @sectors: the view's length.
+ * @result: where they go (fleece_track_emit_extents()).
+ * @maxlen: the room in @result.
+ *
+ * Process context (the view's message: dm keeps the view, and so the
+ * snapshot, alive meanwhile).  Returns 1 (data in @result), or -ENOENT
+ * when the snapshot has no bitmap.
+ */
+int fleece_backup_extents(struct fleece_core *core, sector_t start,
+			  unsigned int max, sector_t sectors, char *result,
+			  unsigned int maxlen)
+{
+	struct fleece_snapshot *s = READ_ONCE(core->snap);
+	struct fleece_tracker *t = core->tracker;
+
+	if (!s || s->bound_slot < 0)
+		return -ENOENT;
+	fleece_track_emit_extents(t, t->bitmaps[s->bound_slot].frozen, start, max,
+				  sectors, result, maxlen);
+	return 1;
 }

@@ -73,6 +73,8 @@ static void fleece_get_status(struct fleece_core *core, struct fleece_status *st
  *   <slots used>/<slots total> <copies in flight> <writes waiting>
  *   <writes delayed> <error> <discard sectors deferred>
  *   <discard sectors dropped> <last error>
+ *   <tracking> <tracking block sectors> <bitmaps> <inconsistent bitmaps>
+ *   <tracking commits>
  * <error> is the running snapshot's, "none" when idle; <last error> is
  * that of the snapshot that ended last.
  * Returns the new length of @result.
@@ -94,6 +96,9 @@ unsigned int fleece_emit_status(struct fleece_core *core, sector_t chunk_sectors
 		       st.writes_waiting, st.writes_delayed,
 		       fleece_error_name(st.error), st.discard_sectors,
 		       st.discards_dropped, fleece_error_name(st.last_error));
+		if (sz < maxlen)
+			sz += fleece_track_emit_status(core->tracker, result + sz,
+						       maxlen - sz);
 	} else if (type == STATUSTYPE_IMA) {
 		DMEMIT(",state=%s,chunk_size=%llu,snapshot_chunks=%u",
 		       fleece_state_name(st.state),

@@ -43,8 +43,42 @@ static int parse_feature(struct dm_arg_set *as, struct fleece_view *view,
 		return dm_read_arg(&timeout_arg, as, &view->timeout_ms, error);
 	if (!strcasecmp(name, "max_copies"))
 		return dm_read_arg(&copies_arg, as, &view->max_copies, error);
+	if (!strcasecmp(name, "bitmap")) {
+		value = dm_shift_arg(as);
+		if (strscpy(view->bitmap, value, sizeof(view->bitmap)) <= 0) {
+			*error = "Invalid bitmap: a name of 1 to 47 characters.";
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (!strcasecmp(name, "bitmap_mode")) {
+		value = dm_shift_arg(as);
+		if (!strcasecmp(value, "on-success")) {
+			view->bitmap_mode = FLEECE_SYNC_ON_SUCCESS;
+		} else if (!strcasecmp(value, "never")) {
+			view->bitmap_mode = FLEECE_SYNC_NEVER;
+		} else if (!strcasecmp(value, "always")) {
+			view->bitmap_mode = FLEECE_SYNC_ALWAYS;
+		} else {
+			*error = "Invalid bitmap_mode: use on-success, never or always.";
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (!strcasecmp(name, "backup")) {
+		value = dm_shift_arg(as);
+		if (!strcasecmp(value, "full")) {
+			view->full_backup = true;
+		} else if (!strcasecmp(value, "incremental")) {
+			view->full_backup = false;
+		} else {
+			*error = "Invalid backup: use full or incremental.";
+			return -EINVAL;
+		}
+		return 0;
+	}
 
-	*error = "Unrecognised feature argument: expected cbw_error, cbw_timeout_ms or max_copies.";
+	*error = "Unrecognised feature argument: see the fleece-view documentation.";
 	return -EINVAL;
 }
 
@@ -52,7 +86,7 @@ static int parse_features(struct dm_arg_set *as, struct fleece_view *view,
 			  char **error)
 {
 	static const struct dm_arg count = {
-		0, 6, "Invalid number of feature arguments: expected 0 to 6."
+		0, 12, "Invalid number of feature arguments: expected 0 to 12."
 	};
 	struct dm_arg_set features;
 	unsigned int argc;
@@ -127,6 +161,12 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	r = parse_features(&as, view, &ti->error);
 	if (r)
 		goto bad;
+	if (!view->bitmap[0] && (view->full_backup ||
+				 view->bitmap_mode != FLEECE_SYNC_ON_SUCCESS)) {
+		ti->error = "The backup and bitmap_mode features need the bitmap feature.";
+		r = -EINVAL;
+		goto bad;
+	}
 	if (as.argc) {
 		ti->error = "Too many arguments.";
 		r = -EINVAL;
@@ -154,6 +194,13 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	if (IS_ERR(view->core)) {
 		r = PTR_ERR(view->core);
 		goto bad_exception;
+	}
+	/* Checked again when the snapshot starts; this is for a clear error. */
+	if (view->bitmap[0] && !fleece_track_has_bitmap(view->core->tracker,
+							view->bitmap)) {
+		ti->error = "The fleece device has no bitmap of that name.";
+		r = -ENOENT;
+		goto bad_core;
 	}
 	/*
 	 * Untouched chunks are read from the origin device directly; hold it
@@ -235,7 +282,7 @@ static int fleece_view_preresume(struct dm_target *ti)
 	struct fleece_view *view = ti->private;
 	int r = fleece_snapshot_start(view->core, view);
 
-	if (r)
+	if (r == -ENOMEM)
 		DMERR("cannot start the snapshot: out of memory");
 	return r;
 }
@@ -259,7 +306,9 @@ static void fleece_view_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s", view->fleece_name, view->exception_dev->name);
 		nr_features = 2 * ((view->policy != FLEECE_BREAK_SNAPSHOT) +
-				   !!view->timeout_ms + !!view->max_copies);
+				   !!view->timeout_ms + !!view->max_copies +
+				   !!view->bitmap[0] + view->full_backup +
+				   (view->bitmap_mode != FLEECE_SYNC_ON_SUCCESS));
 		if (!nr_features)
 			break;
 		DMEMIT(" %u", nr_features);
@@ -269,6 +318,13 @@ static void fleece_view_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" cbw_timeout_ms %u", view->timeout_ms);
 		if (view->max_copies)
 			DMEMIT(" max_copies %u", view->max_copies);
+		if (view->bitmap[0])
+			DMEMIT(" bitmap %s", view->bitmap);
+		if (view->full_backup)
+			DMEMIT(" backup full");
+		if (view->bitmap_mode != FLEECE_SYNC_ON_SUCCESS)
+			DMEMIT(" bitmap_mode %s", view->bitmap_mode == FLEECE_SYNC_NEVER ?
+			       "never" : "always");
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
@@ -289,16 +345,42 @@ static void fleece_view_status(struct dm_target *ti, status_type_t type,
  * releases the chunks the range covers, like a discard (see
  * fleece_sectors_to_chunks()).  Fails with -EIO when the snapshot is not
  * active, or stops being active before the release is done.
+ *   outcome success|failure
+ * says how the backup went, for the bitmap mode (fleece-track-backup.c).
+ *   backup_extents <start sector> [<max extents>]
+ * prints the backup set of the bound bitmap (fleece_track_emit_extents()).
  */
 static int fleece_view_message(struct dm_target *ti, unsigned int argc,
 			       char **argv, char *result, unsigned int maxlen)
 {
 	struct fleece_view *view = ti->private;
 	unsigned long long start, len;
+	unsigned int max = UINT_MAX;
 	int r;
 
+	if (argc == 2 && !strcasecmp(argv[0], "outcome")) {
+		if (strcasecmp(argv[1], "success") && strcasecmp(argv[1], "failure")) {
+			DMERR("Invalid outcome: use success or failure.");
+			return -EINVAL;
+		}
+		r = fleece_snapshot_outcome(view->core, !strcasecmp(argv[1], "success"));
+		if (r)
+			DMERR("Cannot take the outcome: no snapshot runs.");
+		return r;
+	}
+	if (argc >= 2 && argc <= 3 && !strcasecmp(argv[0], "backup_extents")) {
+		if (kstrtoull(argv[1], 10, &start) || start >= ti->len ||
+		    (argc == 3 && (kstrtouint(argv[2], 10, &max) || !max))) {
+			DMERR("Invalid message: expected backup_extents <sector> [<max>].");
+			return -EINVAL;
+		}
+		r = fleece_backup_extents(view->core, start, max, ti->len, result, maxlen);
+		if (r < 0)
+			DMERR("The view's backup has no bitmap.");
+		return r;
+	}
 	if (argc != 3 || strcasecmp(argv[0], DM_FLEECE_MSG_RELEASE)) {
-		DMERR("Invalid message: expected release <start sector> <nr sectors>.");
+		DMERR("Invalid message: expected release, outcome or backup_extents.");
 		return -EINVAL;
 	}
 	if (kstrtoull(argv[1], 10, &start) || kstrtoull(argv[2], 10, &len) ||
@@ -336,7 +418,7 @@ static int fleece_view_iterate_devices(struct dm_target *ti,
 
 struct target_type fleece_view_target = {
 	.name = DM_FLEECE_VIEW_TARGET,
-	.version = {1, 2, 0},
+	.version = {1, 3, 0},
 	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = fleece_view_ctr,

@@ -29,11 +29,14 @@
  *   <chunks released> <slots used>/<slots total> <copies in flight>
  *   <writes waiting> <writes delayed> <error>
  *   <discard sectors deferred> <discard sectors dropped> <last error>
- * Versions 1.1 and older had only the first 10; a tool that needs no more
- * accepts DM_FLEECE_STATUS_FIELDS_V1.
+ *   <tracking> <tracking block sectors> <bitmaps> <inconsistent bitmaps>
+ *   <tracking commits>
+ * Versions 1.1 and older had only the first 10, 1.2 the first 13; a tool
+ * that needs no more accepts DM_FLEECE_STATUS_FIELDS_V1.
  */
-#define DM_FLEECE_STATUS_FIELDS		13
+#define DM_FLEECE_STATUS_FIELDS		18
 #define DM_FLEECE_STATUS_FIELDS_V1	10
+#define DM_FLEECE_STATUS_FIELDS_V2	13
 
 /*
  * The fleece target's discard_policy feature: what an origin discard does

@@ -415,6 +415,7 @@ step "build C selftests" make -s -C selftests O="$src/build/selftests"
 if [ -f tools/fleecectl/Makefile ]; then
 	step "build tools/fleecectl" make -s -C tools/fleecectl
 fi
+step "build tools/fleece-md-check" make -s -C tools/fleece-md-check
 if [ "$HARNESS" = 1 ]; then
 	step "build harness C selftests" make -s -C selftests \
 		SRCDIR="$src/tools/vm/harness-selftests" O="$src/build/harness-selftests"

@@ -54,6 +54,7 @@ install)
 			INSTALL_MOD_PATH="$DESTDIR" INSTALL_MOD_DIR=updates modules_install
 		[ -z "$DESTDIR" ] && depmod "$kver"
 	fi
+	make -C tools/fleece-md-check install DESTDIR="$DESTDIR" PREFIX="$PREFIX"
 	if fleecectl_has install; then
 		make -C tools/fleecectl install DESTDIR="$DESTDIR" PREFIX="$PREFIX"
 	fi
@@ -74,6 +75,7 @@ uninstall)
 		rm -f "$DESTDIR/lib/modules/$kver/updates/dm-fleece.ko"*
 		[ -z "$DESTDIR" ] && depmod "$kver"
 	fi
+	rm -f "$DESTDIR$PREFIX/sbin/fleece-md-check"
 	if fleecectl_has uninstall; then
 		make -C tools/fleecectl uninstall DESTDIR="$DESTDIR" PREFIX="$PREFIX"
 	fi

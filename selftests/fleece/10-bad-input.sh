@@ -70,10 +70,18 @@ for t in \
 	"0 $sectors fleece $o 128 2 discard_policy" \
 	"0 $sectors fleece $o 128 2 discard_mode copy" \
 	"0 $sectors fleece $o 128 1 discard_policy" \
-	"0 $sectors fleece $o 128 4 discard_policy defer discard_policy copy"; do
+	"0 $sectors fleece $o 128 4 discard_policy defer discard_policy copy" \
+	"0 $sectors fleece $o 128 2 metadata /dev/nonexistent" \
+	"0 $sectors fleece $o 128 2 metadata $o" \
+	"0 $sectors fleece $o 128 2 metadata $tiny" \
+	"0 $sectors fleece $o 128 2 track_block 7" \
+	"0 $sectors fleece $o 128 2 track_block 262144" \
+	"0 $sectors fleece $o 128 2 track_block 64k" \
+	"0 $sectors fleece $o 128 4 track_block 128 track_block 256" \
+	"0 $sectors fleece $o 128 8 discard_policy copy track_block 8 metadata $tiny x y"; do
 	expect_reject "$t"
 done
-[ "$rejected" -eq $((n0 + 22)) ] && [ "$unclear" -eq 0 ]
+[ "$rejected" -eq $((n0 + 30)) ] && [ "$unclear" -eq 0 ]
 ktap_result "bad origin tables are rejected with a sentence ($((rejected - n0)) cases)" $?
 
 # expect_reject_multi TABLE: a table with a fleece or fleece-view target and
@@ -163,8 +171,10 @@ rnd = random.Random(20261122)
 junk = ["", "0", "-1", "1", "7", "8", "9", "128", "2048", "4096", "4294967296",
         "18446744073709551616", "abc", "0x10", "1e3", "%s", "\\", "'", "break_write",
         "cbw_error", "cbw_timeout_ms", "max_copies", "/dev/null", "/dev/zero", o, e,
-        origin, "/dev/mapper/nonexistent", "99:99", "7:0", "-", "  ", "+1"]
+        origin, "/dev/mapper/nonexistent", "99:99", "7:0", "-", "  ", "+1",
+        "metadata", "track_block", "discard_policy", "131072", "262144"]
 valid = [f"fleece {o} 128", f"fleece-view {origin} {e}",
+         f"fleece {o} 128 4 discard_policy copy track_block 256",
          f"fleece-view {origin} {e} 2 cbw_error break_snapshot",
          f"fleece-view {origin} {e} 4 cbw_timeout_ms 100 max_copies 4"]
 out = set()
@@ -223,7 +233,31 @@ for m in "" "release" "release 0" "release 0 0" "release x 8" "release 8 y" \
 done
 ktap_result "bad messages to the view are rejected" $bad_msgs
 dmsetup message bad-o 0 release 0 8 >/dev/null 2>&1
-ktap_result "the origin takes no messages" $((! $?))
+ktap_result "the origin refuses the view's release message" $((! $?))
+
+# Bad bitmap messages to the origin; each one logs a sentence.
+bad_msgs=0
+dmsetup message bad-o 0 bitmap_add good >/dev/null 2>&1
+klog_mark
+for m in "bitmap_add" "bitmap_add a b" "bitmap_add a enabled" "bitmap_add good" \
+	"bitmap_add $(printf 'n%.0s' {1..48})" "bitmap_add a,b" "bitmap_remove" \
+	"bitmap_remove nosuch" "bitmap_clear" "bitmap_clear good extra" \
+	"bitmap_enable nosuch" "bitmap_disable" "bitmap_merge good" \
+	"bitmap_merge good nosuch" "bitmap_merge nosuch good" "bitmap_info good" \
+	"bitmap_extents" "bitmap_extents good" "bitmap_extents nosuch 0" \
+	"bitmap_extents good $sectors" "bitmap_extents good 1x" "bitmap_extents good 0 0" \
+	"bitmap_extents good 0 x" "bitmap_extents good 0 1 2" "bitmap_frob good" "bitmap_"; do
+	if dmsetup message bad-o 0 $m >/dev/null 2>&1; then
+		bad_msgs=$((bad_msgs + 1))
+		ktap_diag "accepted message: '$m'"
+	fi
+done
+reasons=$(klog_new | grep -cE 'fleece: [A-Z].*\.$')
+[ "$bad_msgs" -eq 0 ] && [ "$reasons" -eq 26 ]
+ktap_result "26 bad bitmap messages to the origin are rejected with a sentence" $?
+[ "$reasons" -eq 26 ] || ktap_diag "$reasons sentences logged; the rest: $(klog_new | grep 'fleece: ' | grep -vE 'fleece: [A-Z].*\.$')"
+[ "$(dmsetup message bad-o 0 bitmap_extents good 0)" = end ]
+ktap_result "a valid bitmap_extents message answers" $?
 
 fleece_expect_field bad-v state active "the snapshot survived the bad input"
 ktap_check "the view still equals the snapshot" cmp "$view" "$tmp/ref"

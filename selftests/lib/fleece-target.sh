@@ -28,6 +28,11 @@ fleece_field() {
 	discard_deferred) echo "${f[13]}" ;;
 	discard_dropped) echo "${f[14]}" ;;
 	last_error) echo "${f[15]}" ;;
+	tracking) echo "${f[16]}" ;;
+	track_block) echo "${f[17]}" ;;
+	bitmaps) echo "${f[18]}" ;;
+	bitmaps_inconsistent) echo "${f[19]}" ;;
+	commits) echo "${f[20]}" ;;
 	*) echo "fleece_field: unknown field $2" >&2; return 1 ;;
 	esac
 }

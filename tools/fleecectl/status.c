@@ -114,7 +114,7 @@ int parse_status_info(const char *params, struct fleece_status *st)
 	if (copy_error_word(w[9], st->error, sizeof(st->error)))
 		return -1;
 	strcpy(st->last_error, "none");
-	if (n < DM_FLEECE_STATUS_FIELDS)
+	if (n < DM_FLEECE_STATUS_FIELDS_V2)
 		return 0;
 	if (word_u64(w[10], &st->discard_sectors) ||
 	    word_u64(w[11], &st->discards_dropped) ||
