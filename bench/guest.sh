@@ -55,6 +55,7 @@ mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/confi
 modprobe dm-mod || die "modprobe dm-mod failed"
 modprobe dm-snapshot || die "modprobe dm-snapshot failed"
 modprobe dm-zero || die "modprobe dm-zero failed"
+modprobe dm-bufio || die "modprobe dm-bufio failed"
 ko=${FLEECE_KO:-$SRC/build/$(uname -r)/dm-fleece.ko}
 [ -e "$ko" ] || die "$ko missing"
 if [ ! -d /sys/module/dm_fleece ]; then
@@ -99,11 +100,12 @@ nullb_remove() {
 	rmdir "$d"
 }
 
-ORIG= EXC= ORIG_SYS= EXC_SYS=
+ORIG= EXC= META= ORIG_SYS= EXC_SYS=
 devices_up() {
 	local mode=$1 t0=$EPOCHREALTIME
 	ORIG=$(nullb_create benchorig "$ORIGIN_MB" "$mode") || die "cannot create the origin null_blk"
 	EXC=$(nullb_create benchexc "$EXC_MB" "$mode") || die "cannot create the exception null_blk"
+	META=$(nullb_create benchmeta 64 "$mode") || die "cannot create the metadata null_blk"
 	ORIG_SYS=/sys/block/${ORIG#/dev/}
 	EXC_SYS=/sys/block/${EXC#/dev/}
 	# Allocate every backing page now: no contender pays for it later.
@@ -124,13 +126,14 @@ devices_down() {
 	teardown
 	nullb_remove benchorig
 	nullb_remove benchexc
+	nullb_remove benchmeta
 }
 
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---- contenders -----------------------------------------------------------
 
-DMNAMES="bench-fv bench-ss bench-fo bench-so bench-lin bench-big"
+DMNAMES="bench-fv bench-ss bench-fo bench-so bench-lin bench-big bench-era"
 
 teardown() {
 	local n have
@@ -180,6 +183,19 @@ setup() {
 		dmcreate bench-so "0 $SECTORS snapshot-origin $ORIG" || return 1
 		WDEV=/dev/mapper/bench-so
 		if [ -n "$noview" ]; then RDEV=$WDEV; fi
+		;;
+	fleecetrack)
+		# Change tracking on a fresh metadata device, one bitmap.
+		dd if=/dev/zero of="$META" bs=1M count=1 oflag=direct status=none || return 1
+		dmcreate bench-fo "0 $SECTORS fleece $ORIG $chunk 4 metadata $META track_block $TRACK_SECTORS" ||
+			return 1
+		dmsetup message bench-fo 0 bitmap_add bench || return 1
+		WDEV=/dev/mapper/bench-fo RDEV=$WDEV STATUS_DEV=bench-fo
+		;;
+	era)
+		dd if=/dev/zero of="$META" bs=1M count=1 oflag=direct status=none || return 1
+		dmcreate bench-era "0 $SECTORS era $META $ORIG $TRACK_SECTORS" || return 1
+		WDEV=/dev/mapper/bench-era RDEV=$WDEV STATUS_DEV=
 		;;
 	fleece | fleececopy)
 		if [ "$c" = fleececopy ]; then
@@ -468,6 +484,31 @@ w_discard() {
 	dd if=/dev/zero of="$ORIG" bs=1M oflag=direct status=none 2>/dev/null
 }
 
+# Workload 9: change tracking, against dm-era at the same block size
+# (TRACK_SECTORS), no snapshot.  dirty: 4K random writes to blocks already
+# marked (every block of the region written first, not measured), against an
+# untracked fleece.  firstgen: one 4K write per tracking block of a fresh
+# generation (new metadata), each needing a commit, QD32 and QD1.
+w_tracking() {
+	local tkb=$((TRACK_SECTORS / 2)) c log=$work/w9.iolog
+	[ -e "$log" ] || make_replay_log "$tkb" "$REGION_MB" "$W1_MAX_IOS" "$log"
+	for c in $(rotate "$REP" fleece fleecetrack era); do
+		setup_or_log "$c" "$DEFAULT_CHUNK" noview || continue
+		dd if=/dev/zero of="$WDEV" bs=1M count="$REGION_MB" oflag=direct status=none
+		runfio tracking "$tkb" dirty-qd32 --name=tr --filename="$WDEV" --rw=randwrite \
+			--bs=4k --ioengine=libaio --iodepth=32 --size="${REGION_MB}M" "${RT[@]}"
+		[ "$c" = fleece ] && continue
+		setup_or_log "$c" "$DEFAULT_CHUNK" noview || continue
+		runfio tracking "$tkb" firstgen-qd32 --name=tr --read_iolog="$log" \
+			--replay_redirect="$WDEV" --replay_no_stall=1 --ioengine=libaio --iodepth=32 \
+			--runtime="$RUNTIME"
+		setup_or_log "$c" "$DEFAULT_CHUNK" noview || continue
+		runfio tracking "$tkb" firstgen-qd1 --name=tr --read_iolog="$log" \
+			--replay_redirect="$WDEV" --replay_no_stall=1 --ioengine=psync --runtime="$RUNTIME"
+	done
+	teardown
+}
+
 # Kernel memory per copied chunk: meminfo (after dropping caches) before the
 # snapshot, after creating it, after copying MEM_MB MiB worth of chunks, and
 # after removing it.
@@ -601,6 +642,10 @@ for MODE in $MODES; do
 		if has discard; then
 			log "mode $MODE rep $REP/$REPS: a discard of the region during a snapshot"
 			w_discard
+		fi
+		if has tracking; then
+			log "mode $MODE rep $REP/$REPS: change tracking against dm-era"
+			w_tracking
 		fi
 	done
 	if has memory; then

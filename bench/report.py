@@ -19,10 +19,11 @@ import statistics
 import subprocess
 import sys
 
-CONTENDERS = ["linear", "snapN", "snapP", "fleece", "fleececopy"]
+CONTENDERS = ["linear", "snapN", "snapP", "fleece", "fleececopy", "fleecetrack", "era"]
 NAMES = {"linear": "dm-linear", "snapN": "dm-snapshot N",
          "snapP": "dm-snapshot P", "fleece": "dm-fleece",
-         "fleececopy": "dm-fleece, discard_policy copy"}
+         "fleececopy": "dm-fleece, discard_policy copy",
+         "fleecetrack": "dm-fleece, bitmap on metadata", "era": "dm-era"}
 SECTOR = 512
 
 
@@ -102,7 +103,8 @@ def run_metrics(r, fio):
     m["write_ios"] = wr["total_ios"]
     m["iops"] = wr["iops"]
     m["write_mbs"] = wr["bw_bytes"] / 1e6
-    if kind in ("lat-qd1", "randwrite-qd1") or kind.startswith("lat-qd1-"):
+    if kind in ("lat-qd1", "randwrite-qd1", "firstgen-qd1", "firstgen-qd32") or \
+            kind.startswith("lat-qd1-"):
         m["p50_us"] = pct(wr, "50.000000")
         m["p99_us"] = pct(wr, "99.000000")
     return m
@@ -275,6 +277,14 @@ MEASURES = [
      "discard of the whole device during a snapshot, 1M trims", "MB/s", "higher"),
     ("discard-slots", "discard", "trim-1m", "slots_used",
      "exception slots that discard cost", "slots", "lower"),
+    ("tracking-dirty-iops", "tracking", "dirty-qd32", "iops",
+     "tracked 4K rand QD32, blocks already dirty", "IOPS", "higher"),
+    ("tracking-firstgen-iops", "tracking", "firstgen-qd32", "iops",
+     "first write per tracking block, 4K QD32", "IOPS", "higher"),
+    ("tracking-firstgen-p50", "tracking", "firstgen-qd32", "p50_us",
+     "first write per tracking block, 4K QD32 p50", "us", "lower"),
+    ("tracking-firstgen-qd1-p50", "tracking", "firstgen-qd1", "p50_us",
+     "first write per tracking block, 4K QD1 p50", "us", "lower"),
 ]
 
 
@@ -305,7 +315,8 @@ def aggregate(runs):
                          "ratios": {}}
                 for a, b in [("fleece", "linear"), ("fleece", "snapN"), ("fleece", "snapP"),
                              ("snapN", "linear"), ("snapP", "linear"),
-                             ("fleece", "fleececopy")]:
+                             ("fleece", "fleececopy"), ("fleecetrack", "fleece"),
+                             ("fleecetrack", "era")]:
                     vals = [rep[a] / rep[b] for rep in by_rep.values()
                             if a in rep and b in rep and rep[b]]
                     s = summary(vals)
@@ -446,6 +457,12 @@ def targets(table, mem, env):
                     "goal": "== 0", "value": None, "verdict": "no data"})
     ratio_target("discard during a snapshot, MB/s against linear", "discard-bw",
                  "fleece/linear", ">=", 0.9, chunk=dchunk)
+    ratio_target("tracked writes to dirty blocks (4K QD32 IOPS)", "tracking-dirty-iops",
+                 "fleecetrack/fleece", ">=", 0.97)
+    ratio_target("first writes per generation (4K QD32 IOPS)", "tracking-firstgen-iops",
+                 "fleecetrack/era", ">=", 1.5)
+    ratio_target("first writes per generation (4K QD32 p50)", "tracking-firstgen-p50",
+                 "fleecetrack/era", "<=", 0.7)
     m = [e for e in mem if e["contender"] == "fleece" and e["mode"] == "mem"]
     if m and m[0]["used_per_chunk"]:
         s = m[0]["used_per_chunk"]
@@ -749,7 +766,10 @@ def checks(out, env, runs, mem_rows):
     def add(cond, desc, skippable=False):
         res.append(("ok" if cond else "skip" if skippable and skipped else "not ok", desc))
 
+    workloads = (env.get("MEM_WORKLOADS", "") + " " + env.get("SSD_WORKLOADS", "")).split()
     for c in CONTENDERS:
+        if c in ("fleecetrack", "era") and "tracking" not in workloads:
+            continue
         got = [r for r in runs if r["contender"] == c and r["ok"]]
         add(bool(got), "%s contender ran (%d runs with results)" % (NAMES[c], len(got)), True)
     fw = [r for r in runs if r["contender"] == "fleece" and r["workload"] == "firstwrite"

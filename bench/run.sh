@@ -74,11 +74,11 @@ if [ "$QUICK" = 1 ]; then
 	MEM_RAND_MB=8 MEM_RAND_CHUNKS=1024 MEM_MB=8
 	CHUNKS_KB="4" SEQ_CHUNKS_KB="64" W1_MAX_IOS=20000
 	REPS=${BENCH_REPS:-1} MEM_REPS=1 RUNTIME=${BENCH_RUNTIME:-1}
-	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread discard memory}
+	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread discard tracking memory}
 	SSD_WORKLOADS="passthrough"
 	# One run of each code path is enough to prove the harness.
 	SKIP_KINDS="firstwrite:lat-qd1 steady:iops-qd32 viewread:idle passthrough:randread-qd32"
-	SKIP_KINDS+=" passthrough:randwrite-qd1 passthrough:seqwrite-1m"
+	SKIP_KINDS+=" passthrough:randwrite-qd1 passthrough:seqwrite-1m tracking:firstgen-qd1"
 	MEM_SETTLE=0
 	# Past this many seconds in the guest, what has not started is skipped
 	# (reported as TAP skips): a busy host must not fail `make check`.
@@ -90,7 +90,7 @@ else
 	CHUNKS_KB=${BENCH_CHUNKS_KB:-4 64 1024} SEQ_CHUNKS_KB=${BENCH_SEQ_CHUNKS_KB:-4 64 1024}
 	W1_MAX_IOS=40000
 	REPS=${BENCH_REPS:-3} MEM_REPS=${BENCH_REPS:-3} RUNTIME=${BENCH_RUNTIME:-3}
-	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread release discard memory}
+	MEM_WORKLOADS=${BENCH_WORKLOADS:-passthrough firstwrite firstwrite-seq steady viewread release discard tracking memory}
 	SSD_WORKLOADS="passthrough firstwrite steady"
 	SKIP_KINDS="ssd:passthrough:randread-qd32 ssd:passthrough:seqwrite-1m"
 	MEM_SETTLE=2
@@ -106,6 +106,7 @@ SSD_NSEC=${BENCH_SSD_NSEC:-50000}
 LOAD_IOPS=${BENCH_LOAD_IOPS:-100}
 DEFAULT_CHUNK=8		# sectors: 4 KiB, the chunk of workloads 2, 4, 5
 MEM_CHUNK=8
+TRACK_SECTORS=128	# 64 KiB tracking blocks, fleece and dm-era, workload 9
 export VM_MEM VM_TIMEOUT
 
 if [ "$QUICK" = 1 ]; then
@@ -160,7 +161,7 @@ fi
 	for v in QUICK kver ORIGIN_MB EXC_MB REGION_MB STEADY_MB RELEASE_GB MEM_RAND_MB MEM_RAND_CHUNKS MEM_MB \
 		CHUNKS_KB SEQ_CHUNKS_KB \
 		W1_MAX_IOS REPS MEM_REPS RUNTIME MODES MEM_WORKLOADS SSD_WORKLOADS SSD_NSEC \
-		DEFAULT_CHUNK MEM_CHUNK SKIP_KINDS MEM_SETTLE TIME_BUDGET LOAD_IOPS; do
+		DEFAULT_CHUNK MEM_CHUNK TRACK_SECTORS SKIP_KINDS MEM_SETTLE TIME_BUDGET LOAD_IOPS; do
 		printf '%s=%q\n' "$v" "${!v}"
 	done
 	printf 'SRC=%q\n' "$src"

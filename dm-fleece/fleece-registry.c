@@ -106,11 +106,14 @@ static bool __config_conflicts(struct fleece_core *core,
 }
 
 /*
- * True when an origin instance of a core other than @core uses @bdev:
- * writes through one would bypass the other's snapshot.  Inactive tables
- * count too, or a reload and a resume would get around the check.
+ * True when an origin instance of a core other than @core uses @bdev, as
+ * its origin device or with @metadata as its metadata device: writes
+ * through one would bypass the other's snapshot, or two trackers would
+ * share one metadata device.  Inactive tables count too, or a reload and a
+ * resume would get around the check.
  */
-static bool __bdev_taken(struct fleece_core *core, struct block_device *bdev)
+static bool __bdev_taken(struct fleece_core *core, struct block_device *bdev,
+			 bool metadata)
 {
 	struct fleece_core *other;
 	struct fleece_origin *fo;
@@ -119,26 +122,12 @@ static bool __bdev_taken(struct fleece_core *core, struct block_device *bdev)
 	list_for_each_entry(other, &fleece_cores, registry_entry) {
 		if (other == core)
 			continue;
-		list_for_each_entry(fo, &other->instances, core_entry)
-			if (fo->dev->bdev == bdev)
-				return true;
-	}
-	return false;
-}
+		list_for_each_entry(fo, &other->instances, core_entry) {
+			struct dm_dev *d = metadata ? fo->md_dev : fo->dev;
 
-/* True when an instance of a core other than @core tracks changes on @bdev. */
-static bool __md_taken(struct fleece_core *core, struct block_device *bdev)
-{
-	struct fleece_core *other;
-	struct fleece_origin *fo;
-
-	lockdep_assert_held(&fleece_registry_lock);
-	list_for_each_entry(other, &fleece_cores, registry_entry) {
-		if (other == core)
-			continue;
-		list_for_each_entry(fo, &other->instances, core_entry)
-			if (fo->md_dev && fo->md_dev->bdev == bdev)
+			if (d && d->bdev == bdev)
 				return true;
+		}
 	}
 	return false;
 }
@@ -163,7 +152,7 @@ static int __create_tracker(struct fleece_core *core, struct fleece_origin *fo,
 		*error = "The metadata device cannot be the origin device.";
 		return -EINVAL;
 	}
-	if (fo->md_dev && __md_taken(core, fo->md_dev->bdev)) {
+	if (fo->md_dev && __bdev_taken(core, fo->md_dev->bdev, true)) {
 		*error = "The metadata device is already used by another fleece device.";
 		return -EBUSY;
 	}
@@ -222,7 +211,7 @@ int fleece_core_get(struct fleece_origin *fo, char **error)
 
 	mutex_lock(&fleece_registry_lock);
 	core = __core_find(dev);
-	if (__bdev_taken(core, fo->dev->bdev)) {
+	if (__bdev_taken(core, fo->dev->bdev, false)) {
 		*error = "The origin device is already under another fleece device.";
 		r = -EBUSY;
 		goto out;

@@ -27,27 +27,6 @@ static bool valid_name(const char *name)
 	return true;
 }
 
-/*
- * Writes all blocks of @slot (after a clear or an add) and its directory
- * entry.  Caller holds the mutex, with writes drained.
- */
-static int persist_bitmap(struct fleece_tracker *t, unsigned int slot)
-{
-	struct fleece_bitmap *bm = &t->bitmaps[slot];
-	int r;
-
-	if (!t->md)
-		return 0;
-	bitmap_fill(bm->dirty, fleece_track_md_blocks(t));
-	r = fleece_md_write_bitmap_blocks(t->md, slot, bm->bits, t->nr_blocks,
-					  bm->dirty);
-	if (r >= 0)
-		r = fleece_md_commit(t->md);
-	if (!r)
-		r = fleece_md_set_bitmap(t->md, slot, bm->name, bm->flags);
-	return r;
-}
-
 static int msg_add(struct fleece_tracker *t, const char *name, bool enabled)
 {
 	struct fleece_bitmap *bm = NULL;
@@ -97,7 +76,7 @@ static int msg_add(struct fleece_tracker *t, const char *name, bool enabled)
 	bm->flags = DM_FLEECE_BITMAP_IN_USE | (enabled ? DM_FLEECE_BITMAP_ENABLED : 0);
 	__fleece_track_recompute(t);
 	spin_unlock_irq(&t->bits_lock);
-	r = persist_bitmap(t, bm - t->bitmaps);
+	r = fleece_track_persist_bitmap(t, bm - t->bitmaps);
 	if (r) {
 		spin_lock_irq(&t->bits_lock);
 		bm->flags = 0;
@@ -151,7 +130,7 @@ static int msg_change(struct fleece_tracker *t, int slot, unsigned int flags,
 	__fleece_track_recompute(t);
 	spin_unlock_irq(&t->bits_lock);
 	if (clear)
-		r = persist_bitmap(t, slot);
+		r = fleece_track_persist_bitmap(t, slot);
 	else
 		r = t->md ? fleece_md_set_bitmap(t->md, slot, bm->name, flags) : 0;
 	if (r) {

@@ -213,6 +213,32 @@ static int load_bitmaps(struct fleece_tracker *t)
 	return 0;
 }
 
+/**
+ * fleece_track_persist_bitmap() - write all of bitmap @slot and its entry.
+ * @t: the tracker, whose mutex the caller holds (with writes drained when
+ *	bits went away).
+ * @slot: the bitmap.
+ *
+ * After an add, a clear, or a bitmap found inconsistent.  Returns 0 or an
+ * error; 0 without a metadata device.
+ */
+int fleece_track_persist_bitmap(struct fleece_tracker *t, unsigned int slot)
+{
+	struct fleece_bitmap *bm = &t->bitmaps[slot];
+	int r;
+
+	if (!t->md)
+		return 0;
+	bitmap_fill(bm->dirty, fleece_track_md_blocks(t));
+	r = fleece_md_write_bitmap_blocks(t->md, slot, bm->bits, t->nr_blocks,
+					  bm->dirty);
+	if (r >= 0)
+		r = fleece_md_commit(t->md);
+	if (!r)
+		r = fleece_md_set_bitmap(t->md, slot, bm->name, bm->flags);
+	return r;
+}
+
 /*
  * Writes the bitmaps found inconsistent when the device was opened, full,
  * with their flag: a later unclean stop must not find them as they were.
@@ -223,17 +249,9 @@ static int persist_inconsistent(struct fleece_tracker *t)
 	int r;
 
 	for (slot = 0; slot < t->nr_slots; slot++) {
-		struct fleece_bitmap *bm = &t->bitmaps[slot];
-
-		if (!(bm->flags & DM_FLEECE_BITMAP_INCONSISTENT))
+		if (!(t->bitmaps[slot].flags & DM_FLEECE_BITMAP_INCONSISTENT))
 			continue;
-		bitmap_fill(bm->dirty, fleece_track_md_blocks(t));
-		r = fleece_md_write_bitmap_blocks(t->md, slot, bm->bits, t->nr_blocks,
-						  bm->dirty);
-		if (r >= 0)
-			r = fleece_md_commit(t->md);
-		if (!r)
-			r = fleece_md_set_bitmap(t->md, slot, bm->name, bm->flags);
+		r = fleece_track_persist_bitmap(t, slot);
 		if (r)
 			return r;
 	}

@@ -156,6 +156,7 @@ bool fleece_bitmap_enabled(const struct fleece_bitmap *bm);
 void fleece_bitmap_free(struct fleece_bitmap *bm);
 void __fleece_track_recompute(struct fleece_tracker *t);
 void fleece_track_commit(struct fleece_tracker *t);
+int fleece_track_persist_bitmap(struct fleece_tracker *t, unsigned int slot);
 void fleece_track_drain(struct fleece_tracker *t);
 void fleece_track_undrain(struct fleece_tracker *t);
 

@@ -39,21 +39,7 @@ osz=$(blockdev --getsz "$o")
 msg() { dmsetup message "$1" 0 "${@:2}"; }
 
 # extents NAME BITMAP: every extent of BITMAP, one "start+len" per line.
-extents() {
-	local next=0 out w
-	while :; do
-		out=$(msg "$1" bitmap_extents "$2" "$next" 3) || return 1
-		for w in $out; do
-			case $w in
-			end) return 0 ;;
-			next) ;;
-			*+*) echo "$w" ;;
-			*) next=$w ;;
-			esac
-		done
-		[[ $out == *next* ]] || return 1
-	done
-}
+extents() { fleece_extents "$1" bitmap_extents "$2"; }
 
 # expect_extents DESC NAME BITMAP EXTENT...: the bitmap holds exactly these.
 expect_extents() {

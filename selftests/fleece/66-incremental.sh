@@ -55,22 +55,11 @@ frozen_side() { msg inc-o bitmap_info | awk '$1 == "bitmap0" && $5 == "backup" {
 # backup_extents VIEW: the backup set, "start+len" per line (bitmap_extents
 # of bitmap0 with VIEW "-").
 backup_extents() {
-	local next=0 out w
-	while :; do
-		if [ "$1" = - ]; then
-			out=$(msg inc-o bitmap_extents bitmap0 "$next") || return 1
-		else
-			out=$(msg "$1" backup_extents "$next") || return 1
-		fi
-		for w in $out; do
-			case $w in
-			end) return 0 ;;
-			next) ;;
-			*+*) echo "$w" ;;
-			*) next=$w ;;
-			esac
-		done
-	done
+	if [ "$1" = - ]; then
+		fleece_extents inc-o bitmap_extents bitmap0
+	else
+		fleece_extents "$1" backup_extents
+	fi
 }
 
 # save_ref FILE: what the backup will read, from the origin before the

@@ -37,6 +37,26 @@ fleece_field() {
 	esac
 }
 
+# fleece_extents DEV MESSAGE...: every extent that a paged extents message
+# (bitmap_extents NAME, backup_extents) of dm device DEV returns, one
+# "start+len" per line, asking again from each "next <sector>".
+fleece_extents() {
+	local dev=$1 next=0 out w
+	shift
+	while :; do
+		out=$(dmsetup message "$dev" 0 "$@" "$next" 3) || return 1
+		for w in $out; do
+			case $w in
+			end) return 0 ;;
+			next) ;;
+			*+*) echo "$w" ;;
+			*) next=$w ;;
+			esac
+		done
+		[[ $out == *next* ]] || return 1
+	done
+}
+
 # klog_mark, then klog_new: the kernel log written since the mark (the
 # harness reads the whole log after the test, so it must not be cleared).
 klog_mark() { __klog_mark=$(dmesg | wc -l); }
