@@ -417,6 +417,11 @@ void fleece_tracker_detach(struct fleece_tracker *t)
 
 	flush_work(&t->commit_work);
 	mutex_lock(&t->lock);
+	/* Bitmaps in memory that do not exist miss nothing. */
+	if (!t->md && !fleece_tracker_has_bitmaps(t)) {
+		mutex_unlock(&t->lock);
+		return;
+	}
 	spin_lock_irq(&t->bits_lock);
 	for (slot = 0; slot < t->nr_slots; slot++)
 		if (t->bitmaps[slot].flags)
