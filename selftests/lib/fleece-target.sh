@@ -59,8 +59,13 @@ fleece_extents() {
 
 # klog_mark, then klog_new: the kernel log written since the mark (the
 # harness reads the whole log after the test, so it must not be cleared).
-klog_mark() { __klog_mark=$(dmesg | wc -l); }
-klog_new() { dmesg | tail -n +$((__klog_mark + 1)); }
+# The mark is a line of its own in the log, not a line count: once the
+# ring buffer is full, the count stays the same while old lines go.
+klog_mark() {
+	__klog_mark="fleece-selftest-mark-$$-$SRANDOM"
+	echo "$__klog_mark" >/dev/kmsg
+}
+klog_new() { dmesg | awk -v m="$__klog_mark" 'seen { print } index($0, m) { seen = 1 }'; }
 
 # fleece_events NAME: the dm event counter of NAME.
 fleece_events() {
