@@ -13,9 +13,7 @@
  * then sends the writes on (fleece_origin_resume_write()).
  */
 #include <linux/bitmap.h>
-#include <linux/ctype.h>
 #include <linux/dm-bufio.h>
-#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
@@ -532,7 +530,6 @@ enum fleece_track_route fleece_track_map(struct fleece_tracker *t,
 		/* Bits are being cleared: mark it when they are. */
 		spin_lock_irqsave(&t->bits_lock, flags);
 		bio_list_add(&t->unmarked, bio);
-		t->writes_held++;
 		spin_unlock_irqrestore(&t->bits_lock, flags);
 		queue_work(t->wq, &t->commit_work);
 		return FLEECE_TRACK_HELD;
@@ -557,7 +554,6 @@ enum fleece_track_route fleece_track_map(struct fleece_tracker *t,
 		bio_list_add(&t->unmarked, bio);
 		io->tracked = false;
 		percpu_ref_put(&t->writes);
-		t->writes_held++;
 		route = FLEECE_TRACK_HELD;
 	} else if (t->health == FLEECE_TRACK_FAILED) {
 		route = FLEECE_TRACK_FAIL;
@@ -565,7 +561,6 @@ enum fleece_track_route fleece_track_map(struct fleece_tracker *t,
 		__mark(t, first, last);
 		if (t->md) {
 			bio_list_add(&t->pending, bio);
-			t->writes_held++;
 			route = FLEECE_TRACK_HELD;
 		}
 	}

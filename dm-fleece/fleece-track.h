@@ -105,8 +105,7 @@ struct fleece_tracker {
 	struct bio_list unmarked;	/* held writes not marked yet */
 	struct bio_list pending;	/* marked writes, for the next commit */
 	struct fleece_bitmap bitmaps[DM_FLEECE_MD_MAX_BITMAPS];
-	u64 commits;			/* statistics for the status */
-	u64 writes_held;
+	u64 commits;			/* for the status */
 
 	/*
 	 * Held by every write from its tracking in map() to its end_io().
