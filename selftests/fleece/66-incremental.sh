@@ -18,7 +18,7 @@
 #   - the access restriction: only chunks of the backup set are copied, and
 #     reads of other chunks fail;
 #   - what the backup read equals the origin at the snapshot point.
-# TIMEOUT: 600
+# TIMEOUT: 1500
 . "$(dirname "$0")/../lib/ktap.sh"
 . "$(dirname "$0")/../lib/fleece-target.sh"
 
